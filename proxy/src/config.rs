@@ -1,0 +1,126 @@
+//! Settings of `edgeward-proxy`: flags, each with an `EDGEWARD_` environment variable. A flag
+//! given on the command line wins over the environment, which wins over the default.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use edgeward_proto::logging::LogFormat;
+use ipnet::IpNet;
+
+/// What happens to a captured connection whose destination is not a workload of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutboundMode {
+    /// Pass it through untouched, as plain TCP (the default, for gradual adoption).
+    Permissive,
+    /// Refuse it: only mesh destinations are reachable from meshed pods.
+    Strict,
+}
+
+/// The node proxy: captures pod traffic and tunnels it over mutual TLS to the destination node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "edgeward-proxy", version, about)]
+pub struct ProxyConfig {
+    /// This node's name, as the registry and the join token know it.
+    #[arg(long, env = "EDGEWARD_NODE_NAME")]
+    pub node_name: String,
+
+    /// Address (ip:port) of the control plane.
+    #[arg(long, env = "EDGEWARD_CONTROL_ADDR")]
+    pub control: SocketAddr,
+
+    /// Trust domain of the mesh; the control plane must present its SPIFFE ID in it.
+    #[arg(long, env = "EDGEWARD_TRUST_DOMAIN", default_value = "edgeward.local")]
+    pub trust_domain: String,
+
+    /// PEM roots to trust the control plane with before the first join.
+    #[arg(long, env = "EDGEWARD_BOOTSTRAP_BUNDLE")]
+    pub bootstrap_bundle: Option<PathBuf>,
+
+    /// Directory for the node key and certificate (0600 key) and the trust bundle.
+    #[arg(
+        long,
+        env = "EDGEWARD_STATE_DIR",
+        default_value = "/var/lib/edgeward/proxy"
+    )]
+    pub state_dir: PathBuf,
+
+    /// File holding a single-use join token; needed only until the node has joined.
+    #[arg(long, env = "EDGEWARD_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
+
+    /// Addresses at which other nodes reach this node's tunnel port (repeatable).
+    #[arg(
+        long,
+        env = "EDGEWARD_ADVERTISE",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub advertise: Vec<IpAddr>,
+
+    /// Pod networks whose TCP connections are captured (repeatable). The proxy installs the
+    /// iptables rules at start and removes them at exit; none given means no capture rules.
+    #[arg(long, env = "EDGEWARD_CAPTURE_CIDRS", value_delimiter = ',')]
+    pub capture_cidr: Vec<IpNet>,
+
+    /// What to do with captured connections to destinations outside the mesh.
+    #[arg(
+        long,
+        env = "EDGEWARD_OUTBOUND_MODE",
+        value_enum,
+        default_value = "permissive"
+    )]
+    pub outbound_mode: OutboundMode,
+
+    /// Where captured outbound connections arrive (the REDIRECT target).
+    #[arg(
+        long,
+        env = "EDGEWARD_OUTBOUND_LISTEN",
+        default_value = "0.0.0.0:15001"
+    )]
+    pub outbound_listen: SocketAddr,
+
+    /// The tunnel listener (TCP: HTTP/2 CONNECT over mutual TLS).
+    #[arg(long, env = "EDGEWARD_TUNNEL_LISTEN", default_value = "0.0.0.0:15008")]
+    pub tunnel_listen: SocketAddr,
+
+    /// Prometheus endpoint (GET /metrics); localhost by default.
+    #[arg(long, env = "EDGEWARD_METRICS_ADDR", default_value = "127.0.0.1:15020")]
+    pub metrics_addr: SocketAddr,
+
+    /// Readiness endpoint (GET /healthz/ready) for probes.
+    #[arg(long, env = "EDGEWARD_READY_ADDR", default_value = "0.0.0.0:15021")]
+    pub ready_addr: SocketAddr,
+
+    /// Time allowed to open a TCP connection (to a peer node, a pod or a pass-through
+    /// destination) and to finish a TLS handshake, such as "5s".
+    #[arg(long, env = "EDGEWARD_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Log format: "text" or "json".
+    #[arg(long, env = "EDGEWARD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl ProxyConfig {
+    /// The addresses (ip:port) other nodes should dial for this node's tunnel.
+    pub fn tunnel_addresses(&self) -> Vec<SocketAddr> {
+        let port = self.tunnel_listen.port();
+        self.advertise
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect()
+    }
+
+    /// Ports of the proxy's own listeners: a captured connection aimed at one of them on this
+    /// node is refused rather than looped.
+    pub fn own_ports(&self) -> [u16; 4] {
+        [
+            self.outbound_listen.port(),
+            self.tunnel_listen.port(),
+            self.metrics_addr.port(),
+            self.ready_addr.port(),
+        ]
+    }
+}

@@ -1,0 +1,4 @@
+//! Identities: the node's own SVID and those of the workloads that run on the node.
+
+pub mod node;
+pub mod workloads;

@@ -1,0 +1,221 @@
+//! Identities of the workloads on this node: a private key per workload, generated here, and an
+//! SVID obtained from the control plane by CSR and renewed at about half its lifetime.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use edgeward_ca::{tls::sni_for, PrivateKey, SharedBundle, SpiffeId, Svid};
+use edgeward_proto::v1;
+use edgeward_proto::v1::identity_client::IdentityClient;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::backoff::{jitter, Backoff};
+use crate::directory::{SharedDirectory, WorkloadKey};
+use crate::identity::node::accept_svid;
+use crate::metrics::Metrics;
+
+/// The SVIDs of local workloads, and the server certificates the tunnel listener presents,
+/// chosen by the SNI that names the SPIFFE ID a client expects.
+#[derive(Debug)]
+pub struct Identities {
+    svids: RwLock<HashMap<WorkloadKey, Arc<Svid>>>,
+    by_sni: RwLock<HashMap<String, (SpiffeId, Arc<CertifiedKey>)>>,
+    changes: watch::Sender<u64>,
+}
+
+impl Identities {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            svids: RwLock::default(),
+            by_sni: RwLock::default(),
+            changes: watch::channel(0).0,
+        }
+    }
+
+    /// The SVID of a local workload, if it has one yet.
+    pub fn get(&self, key: &WorkloadKey) -> Option<Arc<Svid>> {
+        self.svids
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Waits up to `limit` for the workload's SVID (it may still be on its way after a start).
+    pub async fn wait_for(&self, key: &WorkloadKey, limit: Duration) -> Option<Arc<Svid>> {
+        let mut changes = self.changes.subscribe();
+        let wait = async {
+            loop {
+                if let Some(svid) = self.get(key) {
+                    return Some(svid);
+                }
+                changes.changed().await.ok()?;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.ok().flatten()
+    }
+
+    /// Whether every listed workload has an SVID.
+    pub fn has_all<'a>(&self, mut keys: impl Iterator<Item = &'a WorkloadKey>) -> bool {
+        let svids = self.svids.read().unwrap_or_else(|e| e.into_inner());
+        keys.all(|k| svids.contains_key(k))
+    }
+
+    /// The SPIFFE ID that was presented for the given SNI.
+    pub fn identity_for_sni(&self, sni: &str) -> Option<SpiffeId> {
+        let by_sni = self.by_sni.read().unwrap_or_else(|e| e.into_inner());
+        by_sni.get(sni).map(|(id, _)| id.clone())
+    }
+
+    fn insert(&self, key: WorkloadKey, svid: Arc<Svid>) {
+        let sni = sni_for(svid.id()).to_str().into_owned();
+        self.by_sni
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sni, (svid.id().clone(), svid.certified_key()));
+        self.svids
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, svid);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    fn remove(&self, key: &WorkloadKey) {
+        let removed = self
+            .svids
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        let Some(removed) = removed else { return };
+        // Another local workload may share the identity: keep serving its certificate.
+        let svids = self.svids.read().unwrap_or_else(|e| e.into_inner());
+        let sibling = svids.values().find(|s| s.id() == removed.id()).cloned();
+        let sni = sni_for(removed.id()).to_str().into_owned();
+        let mut by_sni = self.by_sni.write().unwrap_or_else(|e| e.into_inner());
+        match sibling {
+            Some(s) => by_sni.insert(sni, (s.id().clone(), s.certified_key())),
+            None => by_sni.remove(&sni),
+        };
+        self.changes.send_modify(|n| *n += 1);
+    }
+}
+
+impl Default for Identities {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResolvesServerCert for Identities {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name()?;
+        let by_sni = self.by_sni.read().unwrap_or_else(|e| e.into_inner());
+        by_sni.get(sni).map(|(_, key)| key.clone())
+    }
+}
+
+/// What the identity tasks need.
+#[derive(Clone)]
+pub struct IdentityDeps {
+    /// The store they fill.
+    pub identities: Arc<Identities>,
+    /// The channel to the control plane.
+    pub channel: Channel,
+    /// The trust bundle, refreshed from each reply.
+    pub bundle: SharedBundle,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Keeps one identity task per local workload, following every directory change: a new
+/// workload gets a key and an SVID, a removed one loses both.
+pub async fn manage(directory: SharedDirectory, deps: IdentityDeps) {
+    let mut tasks: HashMap<WorkloadKey, (SpiffeId, JoinHandle<()>)> = HashMap::new();
+    let mut changes = directory.subscribe();
+    loop {
+        let dir = directory.get();
+        let wanted: HashMap<WorkloadKey, SpiffeId> = dir
+            .local_workloads()
+            .iter()
+            .map(|w| (w.key.clone(), w.spiffe_id.clone()))
+            .collect();
+        tasks.retain(|key, (id, task)| {
+            let keep = wanted.get(key) == Some(id);
+            if !keep {
+                task.abort();
+                deps.identities.remove(key);
+                tracing::info!(workload = %key, "dropped the identity of a workload that left");
+            }
+            keep
+        });
+        for (key, id) in wanted {
+            tasks.entry(key.clone()).or_insert_with(|| {
+                let task = tokio::spawn(maintain(key, id.clone(), deps.clone()));
+                (id, task)
+            });
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Obtains the workload's SVID and renews it at about half its lifetime; failures keep the
+/// current SVID and retry with backoff.
+async fn maintain(key: WorkloadKey, id: SpiffeId, deps: IdentityDeps) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        match request(&key, &deps).await {
+            Ok(svid) => {
+                backoff.reset();
+                deps.metrics
+                    .svid_requests
+                    .with_label_values(&["workload", "ok"])
+                    .inc();
+                let expiry = svid
+                    .not_after()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                deps.metrics
+                    .cert_expiry
+                    .with_label_values(&[id.as_str(), &key.to_string()])
+                    .set(expiry.as_secs_f64());
+                tracing::info!(workload = %key, identity = %id, "workload SVID ready");
+                let left = svid
+                    .not_after()
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                deps.identities.insert(key.clone(), Arc::new(svid));
+                tokio::time::sleep(jitter(left / 2, 0.1)).await;
+            }
+            Err(error) => {
+                deps.metrics
+                    .svid_requests
+                    .with_label_values(&["workload", "error"])
+                    .inc();
+                tracing::warn!(workload = %key, error = %format!("{error:#}"), "cannot obtain the workload SVID");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+async fn request(key: &WorkloadKey, deps: &IdentityDeps) -> Result<Svid> {
+    let private_key = PrivateKey::generate()?;
+    let reply = IdentityClient::new(deps.channel.clone())
+        .sign_workload(v1::SignWorkloadRequest {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            csr_pem: private_key.csr_pem()?,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("the control plane refused: {}", s.message()))?;
+    accept_svid(reply.get_ref(), private_key, &deps.bundle).context("SVID reply")
+}

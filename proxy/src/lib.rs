@@ -1,0 +1,222 @@
+//! The edgeward node proxy. It captures the TCP connections that local pods open (iptables in
+//! the node's network namespace), tunnels each to the destination node's proxy over mutual TLS
+//! with the source workload's SVID, and on the receiving side verifies the peer by SPIFFE ID and
+//! connects to the destination pod. Identities come from the control plane by CSR; the keys
+//! never leave the node.
+//!
+//! Reading order follows a connection: `capture` (iptables, original destination), `outbound`
+//! (resolve and choose), `tunnel` (pool, HTTP/2 CONNECT), `inbound` (verify, connect the pod),
+//! `relay` (bytes both ways), `connection` and `access` (how it ended); `identity`, `watch` and
+//! `directory` keep the keys, certificates and view of the mesh current.
+
+pub mod access;
+pub mod backoff;
+pub mod capture;
+pub mod config;
+pub mod connection;
+pub mod directory;
+pub mod identity;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod relay;
+pub mod sockets;
+pub mod tunnel;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use edgeward_ca::{tls, ClientVerifier, PeerPolicy, ServerVerifier, SharedBundle};
+use edgeward_ca::{SpiffeVerifier, TrustDomain};
+use http::StatusCode;
+use tokio::net::TcpListener;
+
+use crate::capture::iptables::CaptureRules;
+use crate::config::ProxyConfig;
+use crate::directory::SharedDirectory;
+use crate::identity::node::{self, StatePaths};
+use crate::identity::workloads::{self, Identities, IdentityDeps};
+use crate::metrics::Metrics;
+use crate::tunnel::pool::Pool;
+use crate::watch::WatchTargets;
+
+/// What every connection handler shares.
+pub struct Context {
+    /// The settings.
+    pub config: ProxyConfig,
+    /// The view of the mesh.
+    pub directory: SharedDirectory,
+    /// SVIDs of local workloads.
+    pub identities: Arc<Identities>,
+    /// The trust bundle.
+    pub bundle: SharedBundle,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Outbound tunnel connections.
+    pub pool: Pool,
+    /// TLS for the tunnel listener: workload certificates chosen by SNI, client SVIDs required.
+    pub inbound_tls: Arc<rustls::ServerConfig>,
+}
+
+/// Runs the proxy until SIGINT or SIGTERM, then removes the capture rules.
+pub async fn run(config: ProxyConfig) -> Result<()> {
+    let td = TrustDomain::parse(&config.trust_domain)
+        .with_context(|| format!("--trust-domain {:?}", config.trust_domain))?;
+    let paths = StatePaths::new(&config.state_dir);
+    edgeward_ca::files::create_private_dir(&config.state_dir)
+        .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
+    tracing::info!(config = ?config, "effective configuration");
+
+    let metrics = Metrics::new();
+    let bundle = SharedBundle::new(node::initial_bundle(
+        &paths,
+        config.bootstrap_bundle.as_deref(),
+        &td,
+    )?);
+    let node = Arc::new(
+        node::load_or_join(
+            &paths,
+            &config.node_name,
+            config.control,
+            config.join_token_file.as_deref(),
+            &bundle,
+        )
+        .await?,
+    );
+    let channel = control_channel(&config, &td, &node, &bundle);
+
+    let identities = Arc::new(Identities::new());
+    let ctx = Arc::new(Context {
+        directory: SharedDirectory::new(),
+        inbound_tls: Arc::new(inbound_tls(&bundle, identities.clone())),
+        identities,
+        pool: Pool::new(bundle.clone(), metrics.clone(), config.connect_timeout),
+        bundle: bundle.clone(),
+        metrics: metrics.clone(),
+        config,
+    });
+
+    spawn_background(&ctx, &node, channel, paths);
+    let rules = start_listeners(&ctx).await?;
+    tracing::info!(node = %ctx.config.node_name, id = %node.id, "proxy started");
+    edgeward_proto::signal::shutdown().await;
+    if let Some(rules) = rules {
+        rules.remove();
+    }
+    tracing::info!("proxy stopped");
+    Ok(())
+}
+
+fn control_channel(
+    config: &ProxyConfig,
+    td: &TrustDomain,
+    node: &node::NodeIdentity,
+    bundle: &SharedBundle,
+) -> tonic::transport::Channel {
+    let verifier = SpiffeVerifier::new(bundle.clone(), PeerPolicy::Exact(td.control_id()));
+    let tls = tls::client_config(ServerVerifier(verifier), Some(node.slot.clone()), &[b"h2"]);
+    edgeward_proto::channel::connect_lazy(config.control, Arc::new(tls))
+}
+
+fn inbound_tls(bundle: &SharedBundle, identities: Arc<Identities>) -> rustls::ServerConfig {
+    let verifier = SpiffeVerifier::new(bundle.clone(), PeerPolicy::AnyWorkload);
+    let verifier = Arc::new(ClientVerifier::new(verifier, true));
+    tls::server_config(verifier, identities, &[b"h2"])
+}
+
+fn spawn_background(
+    ctx: &Arc<Context>,
+    node: &Arc<node::NodeIdentity>,
+    channel: tonic::transport::Channel,
+    paths: StatePaths,
+) {
+    let targets = WatchTargets {
+        directory: ctx.directory.clone(),
+        bundle: ctx.bundle.clone(),
+        paths: paths.clone(),
+        metrics: ctx.metrics.clone(),
+    };
+    let addresses = ctx.config.tunnel_addresses();
+    let name = ctx.config.node_name.clone();
+    tokio::spawn(watch::watch_forever(
+        channel.clone(),
+        name,
+        addresses,
+        targets,
+    ));
+    let deps = IdentityDeps {
+        identities: ctx.identities.clone(),
+        channel: channel.clone(),
+        bundle: ctx.bundle.clone(),
+        metrics: ctx.metrics.clone(),
+    };
+    tokio::spawn(workloads::manage(ctx.directory.clone(), deps));
+    tokio::spawn(node::renew_forever(
+        node.clone(),
+        channel,
+        paths,
+        ctx.bundle.clone(),
+        ctx.metrics.clone(),
+    ));
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Binds every listener, then installs the capture rules so that redirected traffic always
+/// finds the proxy listening.
+async fn start_listeners(ctx: &Arc<Context>) -> Result<Option<CaptureRules>> {
+    let config = &ctx.config;
+    let outbound = bind(config.outbound_listen, "outbound capture").await?;
+    let tunnel = bind(config.tunnel_listen, "tunnel").await?;
+    let metrics = bind(config.metrics_addr, "metrics").await?;
+    let ready = bind(config.ready_addr, "readiness").await?;
+
+    tokio::spawn(outbound::serve(outbound, ctx.clone()));
+    tokio::spawn(inbound::serve(tunnel, ctx.clone()));
+    let m = ctx.metrics.clone();
+    tokio::spawn(edgeward_proto::http_endpoint::serve(
+        metrics,
+        move |path| match path {
+            "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", m.render()),
+            _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        },
+    ));
+    let c = ctx.clone();
+    tokio::spawn(edgeward_proto::http_endpoint::serve(
+        ready,
+        move |path| match path {
+            "/healthz/ready" if is_ready(&c) => (StatusCode::OK, "text/plain", "ready\n".into()),
+            "/healthz/ready" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready\n".into(),
+            ),
+            _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        },
+    ));
+
+    if config.capture_cidr.is_empty() {
+        return Ok(None);
+    }
+    let rules = CaptureRules::new(config.capture_cidr.clone(), config.outbound_listen.port());
+    rules
+        .install()
+        .context("cannot install the capture rules")?;
+    tracing::info!(cidrs = ?config.capture_cidr, "capture rules installed");
+    Ok(Some(rules))
+}
+
+/// Ready once a snapshot arrived and every local workload holds an SVID.
+fn is_ready(ctx: &Context) -> bool {
+    let dir = ctx.directory.get();
+    dir.version > 0
+        && ctx
+            .identities
+            .has_all(dir.local_workloads().iter().map(|w| &w.key))
+}

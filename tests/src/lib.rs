@@ -1,0 +1,22 @@
+//! The edgeward end-to-end lab: real network namespaces, veth links, iptables, real sockets,
+//! the real edgeward binaries and real gRPC peers (Python grpcio).
+//!
+//! Everything the lab makes is owned by a guard (`Topology`, `Proc`, `Capture`) whose `Drop`
+//! removes it, so a failing or panicking test leaves no namespace or process behind. Traffic
+//! stays on loopback and inside the namespaces the lab made (198.18.0.0/15).
+
+pub mod capture;
+pub mod greeter;
+pub mod http;
+pub mod mesh;
+pub mod netns;
+pub mod paths;
+pub mod pcap;
+pub mod procs;
+pub mod topology;
+pub mod transfer;
+pub mod wait;
+
+pub use capture::{contains, Capture, CaptureData};
+pub use mesh::{Mesh, MeshOptions, OutboundMode, Workload};
+pub use topology::{Pod, PodSpec, Topology};
