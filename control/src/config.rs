@@ -36,7 +36,12 @@ pub struct ControlConfig {
     pub metrics_addr: SocketAddr,
 
     /// Lifetime of node and workload SVIDs, such as "24h" or "90s".
-    #[arg(long, env = "EDGEWARD_SVID_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        env = "EDGEWARD_SVID_TTL",
+        default_value = "24h",
+        value_parser = humantime::parse_duration,
+    )]
     pub svid_ttl: Duration,
 
     /// Log format: "text" or "json".

@@ -1,12 +1,11 @@
 //! Prometheus metrics of the control plane (prefix `edgeward_control_`).
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge};
 
 /// The control plane's counters and gauges.
 #[derive(Clone)]
 pub struct Metrics {
-    /// The Prometheus registry they live in.
-    pub registry: Registry,
+    registry: edgeward_proto::metrics::Metrics,
     /// Refused calls, by call and reason.
     pub rejections: IntCounterVec,
     /// SVIDs issued, by kind (node, workload).
@@ -24,34 +23,19 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("edgeward_control".into()), None)
-            .expect("a static prefix is valid");
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
+        let r = edgeward_proto::metrics::Metrics::new("edgeward_control");
         Self {
-            rejections: counter("rejections_total", "Refused calls", &["call", "reason"]),
-            issued: counter("svids_issued_total", "SVIDs issued", &["kind"]),
-            registry_reloads: counter("registry_reloads_total", "Registry reloads", &["result"]),
-            handshake_failures: counter(
+            rejections: r.counter("rejections_total", "Refused calls", &["call", "reason"]),
+            issued: r.counter("svids_issued_total", "SVIDs issued", &["kind"]),
+            registry_reloads: r.counter("registry_reloads_total", "Registry reloads", &["result"]),
+            handshake_failures: r.counter(
                 "tls_handshake_failures_total",
                 "Failed TLS handshakes",
                 &["reason"],
             ),
-            registry_version: gauge("snapshot_version", "Version of the snapshot served"),
-            watchers: gauge("watchers", "Open watch streams"),
-            registry,
+            registry_version: r.gauge("snapshot_version", "Version of the snapshot served"),
+            watchers: r.gauge("watchers", "Open watch streams"),
+            registry: r,
         }
     }
 
@@ -62,9 +46,7 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+        self.registry.render()
     }
 }
 

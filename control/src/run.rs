@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use edgeward_ca::TrustDomain;
 use edgeward_ca::{tls, CertSlot, ClientVerifier, PeerPolicy, SharedBundle, SpiffeVerifier};
+use edgeward_proto::net::Keepalive;
 use edgeward_proto::v1::admin_server::AdminServer;
 use edgeward_proto::v1::identity_server::IdentityServer;
 use edgeward_proto::v1::registry_server::RegistryServer;
@@ -30,9 +31,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the registry file is checked for changes.
 const REGISTRY_POLL: Duration = Duration::from_millis(500);
-
-/// Keepalive probes on accepted connections: first after 30 s idle, then every 10 s.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Runs the control plane until SIGINT or SIGTERM.
 pub async fn run(config: ControlConfig) -> Result<()> {
@@ -137,7 +135,10 @@ async fn own_certificate_renewal(hub: Arc<Hub>, slot: Arc<CertSlot>) {
     loop {
         tokio::time::sleep(hub.svid_lifetime / 2).await;
         if let Err(error) = renew_own_certificate(&hub, &slot) {
-            tracing::error!(error = %format!("{error:#}"), "cannot renew the control plane's certificate");
+            tracing::error!(
+                error = %format!("{error:#}"),
+                "cannot renew the control plane's certificate",
+            );
         }
     }
 }
@@ -148,22 +149,10 @@ async fn accept_loop(
     tx: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
     metrics: Metrics,
 ) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "cannot accept a control connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(TCP_KEEPALIVE)
-            .with_interval(Duration::from_secs(10));
-        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+    edgeward_proto::net::accept_forever(listener, "control API", move |tcp, peer| {
+        edgeward_proto::net::tune(&tcp, &Keepalive::default());
         let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
-        tokio::spawn(async move {
+        async move {
             let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     let _ = tx.send(Ok(tls)).await;
@@ -177,8 +166,9 @@ async fn accept_loop(
                 .with_label_values(&[reason])
                 .inc();
             tracing::debug!(%peer, reason, "control TLS handshake failed");
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Re-reads the registry file when it changes; a file that fails validation is logged with
@@ -191,7 +181,11 @@ async fn follow_registry(hub: Arc<Hub>, path: PathBuf, mut last: Vec<u8>) {
             Ok(bytes) => bytes,
             Err(error) => {
                 if !read_error_shown {
-                    tracing::error!(path = %path.display(), %error, "cannot read the registry file; the registry in force stays");
+                    tracing::error!(
+                        path = %path.display(),
+                        %error,
+                        "cannot read the registry file; the registry in force stays",
+                    );
                     read_error_shown = true;
                 }
                 continue;

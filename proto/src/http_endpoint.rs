@@ -20,33 +20,22 @@ where
     F: Fn(&str) -> Reply + Send + Sync + 'static,
 {
     let handler = Arc::new(handler);
-    async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tracing::warn!(%error, "http endpoint cannot accept");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (status, content_type, body) = handler(req.uri().path());
-                    let response = Response::builder()
-                        .status(status)
-                        .header(http::header::CONTENT_TYPE, content_type)
-                        .body(Full::new(Bytes::from(body)))
-                        .expect("static headers are valid");
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                if let Err(error) = conn.await {
-                    tracing::debug!(%error, "http endpoint connection ended with an error");
-                }
+    crate::net::accept_forever(listener, "http endpoint", move |stream, _| {
+        let handler = handler.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (status, content_type, body) = handler(req.uri().path());
+                let response = Response::builder()
+                    .status(status)
+                    .header(http::header::CONTENT_TYPE, content_type)
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("static headers are valid");
+                async move { Ok::<_, Infallible>(response) }
             });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "http endpoint connection ended with an error");
+            }
         }
-    }
+    })
 }

@@ -5,6 +5,8 @@
 pub mod channel;
 pub mod http_endpoint;
 pub mod logging;
+pub mod metrics;
+pub mod net;
 pub mod signal;
 
 /// Version 1 of the control API.

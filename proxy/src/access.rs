@@ -64,7 +64,7 @@ impl AccessRecord {
         let id = |o: &Option<SpiffeId>| o.as_ref().map_or("-".into(), |i| i.to_string());
         tracing::info!(
             target: "access",
-            direction = self.direction,
+            direction = %self.direction,
             src.addr = %self.src_addr,
             src.workload = %text(&self.src_workload),
             src.identity = %id(&self.src_identity),
@@ -75,8 +75,8 @@ impl AccessRecord {
             bytes_sent = to_server,
             bytes_received = to_client,
             duration_ms = self.started.elapsed().as_millis() as u64,
-            result,
-            reason = reason.unwrap_or("-"),
+            result = %result,
+            reason = %reason.unwrap_or("-"),
             "connection complete"
         );
     }

@@ -95,7 +95,12 @@ pub struct ProxyConfig {
 
     /// Time allowed to open a TCP connection (to a peer node, a pod or a pass-through
     /// destination) and to finish a TLS handshake, such as "5s".
-    #[arg(long, env = "EDGEWARD_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        env = "EDGEWARD_CONNECT_TIMEOUT",
+        default_value = "5s",
+        value_parser = humantime::parse_duration,
+    )]
     pub connect_timeout: Duration,
 
     /// Log format: "text" or "json".

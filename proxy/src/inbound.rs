@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use edgeward_ca::{spiffe_id_of, SpiffeId};
@@ -25,17 +24,10 @@ use crate::Context;
 
 /// Accepts tunnel connections forever.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(connection(stream, peer, ctx.clone()));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot accept a tunnel connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    edgeward_proto::net::accept_forever(listener, "tunnel", move |stream, peer| {
+        connection(stream, peer, ctx.clone())
+    })
+    .await
 }
 
 /// Who is at each end of an authenticated tunnel connection.
@@ -60,8 +52,10 @@ async fn connection(stream: TcpStream, tunnel_peer: SocketAddr, ctx: Arc<Context
         .handshake::<_, Bytes>(tls);
     let mut h2 = match tokio::time::timeout(ctx.config.connect_timeout, h2).await {
         Ok(Ok(h2)) => h2,
-        Ok(Err(error)) => return tracing::debug!(%tunnel_peer, %error, "HTTP/2 handshake failed"),
-        Err(_) => return tracing::debug!(%tunnel_peer, "HTTP/2 handshake timed out"),
+        Ok(Err(error)) => {
+            return tracing::debug!(src.addr = %tunnel_peer, %error, "HTTP/2 handshake failed")
+        }
+        Err(_) => return tracing::debug!(src.addr = %tunnel_peer, "HTTP/2 handshake timed out"),
     };
     let peers = Arc::new(peers);
     while let Some(next) = h2.accept().await {
@@ -70,7 +64,11 @@ async fn connection(stream: TcpStream, tunnel_peer: SocketAddr, ctx: Arc<Context
                 tokio::spawn(stream_request(request, respond, peers.clone(), ctx.clone()));
             }
             Err(error) => {
-                tracing::debug!(%tunnel_peer, %error, "tunnel connection ended with an error");
+                tracing::debug!(
+                    src.addr = %tunnel_peer,
+                    %error,
+                    "tunnel connection ended with an error",
+                );
                 break;
             }
         }
@@ -130,7 +128,7 @@ fn handshake_failed(ctx: &Context, peer: SocketAddr, reason: &str, error: &str) 
         .handshake_failures
         .with_label_values(&["inbound", reason])
         .inc();
-    tracing::debug!(%peer, reason, error, "refused a tunnel handshake");
+    tracing::debug!(src.addr = %peer, reason, error, "refused a tunnel handshake");
 }
 
 async fn stream_request(

@@ -1,11 +1,11 @@
 //! Prometheus metrics of the node proxy (prefix `edgeward_`).
 
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge};
 
 /// The proxy's counters and gauges.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Registry,
+    registry: edgeward_proto::metrics::Metrics,
     /// Connections accepted, by direction (outbound, inbound, passthrough).
     pub opened: IntCounterVec,
     /// Connections ended, by direction and result (ok, reset, error).
@@ -31,68 +31,46 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let registry =
-            Registry::new_custom(Some("edgeward".into()), None).expect("a static prefix is valid");
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let cert_expiry = GaugeVec::new(
-            Opts::new(
-                "certificate_expiry_timestamp_seconds",
-                "NotAfter of each SVID held, Unix seconds",
-            ),
-            &["identity", "workload"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(cert_expiry.clone()))
-            .expect("unique metric");
+        let r = edgeward_proto::metrics::Metrics::new("edgeward");
         Self {
-            opened: counter(
+            opened: r.counter(
                 "connections_opened_total",
                 "Connections accepted",
                 &["direction"],
             ),
-            closed: counter(
+            closed: r.counter(
                 "connections_closed_total",
                 "Connections ended",
                 &["direction", "result"],
             ),
-            failed: counter(
+            failed: r.counter(
                 "connections_failed_total",
                 "Connections refused or failed before carrying data",
                 &["direction", "reason"],
             ),
-            bytes: counter("bytes_total", "Bytes relayed", &["direction", "flow"]),
-            handshake_failures: counter(
+            bytes: r.counter("bytes_total", "Bytes relayed", &["direction", "flow"]),
+            handshake_failures: r.counter(
                 "tls_handshake_failures_total",
                 "Failed TLS handshakes",
                 &["direction", "reason"],
             ),
-            svid_requests: counter(
+            cert_expiry: r.gauge_vec(
+                "certificate_expiry_timestamp_seconds",
+                "NotAfter of each SVID held, Unix seconds",
+                &["identity", "workload"],
+            ),
+            svid_requests: r.counter(
                 "svid_requests_total",
                 "SVID requests to the control plane",
                 &["kind", "result"],
             ),
-            snapshots: counter("snapshots_total", "Snapshots received", &["result"]),
-            snapshot_version: gauge("snapshot_version", "Version of the snapshot in force"),
-            tunnels_open: gauge(
+            snapshots: r.counter("snapshots_total", "Snapshots received", &["result"]),
+            snapshot_version: r.gauge("snapshot_version", "Version of the snapshot in force"),
+            tunnels_open: r.gauge(
                 "tunnel_connections",
                 "Open tunnel connections to peer nodes",
             ),
-            cert_expiry,
-            registry,
+            registry: r,
         }
     }
 
@@ -108,9 +86,7 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+        self.registry.render()
     }
 }
 

@@ -21,17 +21,10 @@ const SVID_WAIT: Duration = Duration::from_secs(5);
 
 /// Accepts captured connections forever.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, peer, ctx.clone()));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot accept a captured connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    edgeward_proto::net::accept_forever(listener, "outbound capture", move |stream, peer| {
+        handle(stream, peer, ctx.clone())
+    })
+    .await
 }
 
 async fn handle(stream: TcpStream, client: SocketAddr, ctx: Arc<Context>) {
@@ -39,12 +32,16 @@ async fn handle(stream: TcpStream, client: SocketAddr, ctx: Arc<Context>) {
     let target = match crate::capture::original_dst(&stream) {
         Ok(target) => target,
         Err(error) => {
-            tracing::debug!(%client, %error, "no original destination");
+            tracing::debug!(src.addr = %client, %error, "no original destination");
             return refuse(&ctx, stream, "no_original_destination");
         }
     };
     if is_loop(&ctx, &stream, target) {
-        tracing::debug!(%client, %target, "refused a connection aimed at the proxy itself");
+        tracing::debug!(
+            src.addr = %client,
+            dst.addr = %target,
+            "refused a connection aimed at the proxy itself",
+        );
         return refuse(&ctx, stream, "loop");
     }
 
@@ -61,7 +58,12 @@ async fn handle(stream: TcpStream, client: SocketAddr, ctx: Arc<Context>) {
                 _ => "source_not_in_mesh",
             };
             if ctx.config.outbound_mode == OutboundMode::Strict {
-                tracing::debug!(%client, %target, reason, "refused by strict outbound mode");
+                tracing::debug!(
+                    src.addr = %client,
+                    dst.addr = %target,
+                    reason,
+                    "refused by strict outbound mode",
+                );
                 return refuse(&ctx, stream, reason);
             }
             passthrough(stream, client, target, &ctx).await
@@ -119,7 +121,12 @@ async fn tunnel(
     let (mut reader, mut writer) = match ctx.pool.open(&request).await {
         Ok(halves) => halves,
         Err(error) => {
-            tracing::debug!(%client, %target, %error, "cannot open a tunnel stream");
+            tracing::debug!(
+                src.addr = %client,
+                dst.addr = %target,
+                %error,
+                "cannot open a tunnel stream",
+            );
             return fail(ctx, stream, &record, error.reason());
         }
     };

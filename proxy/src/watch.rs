@@ -77,7 +77,11 @@ fn apply(snapshot: &v1::Snapshot, node: &str, targets: &WatchTargets) {
                 .snapshots
                 .with_label_values(&["refused"])
                 .inc();
-            tracing::error!(version = snapshot.version, %error, "refused a snapshot; keeping the current one");
+            tracing::error!(
+                version = snapshot.version,
+                %error,
+                "refused a snapshot; keeping the current one",
+            );
             return;
         }
     };

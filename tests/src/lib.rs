@@ -8,7 +8,9 @@
 pub mod capture;
 pub mod greeter;
 pub mod http;
+pub mod identity;
 pub mod mesh;
+pub mod metrics;
 pub mod netns;
 pub mod paths;
 pub mod pcap;

@@ -7,6 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -330,20 +331,29 @@ impl Mesh {
         Ok(self.topo.proc(CONTROL_NAME)?.log_text())
     }
 
-    /// Creates a join token for node `k` with edgewardctl, run inside the node's namespace.
-    pub fn create_token(&self, k: usize) -> Result<String> {
+    /// The edgeward binaries the mesh runs.
+    pub fn binaries(&self) -> &Binaries {
+        &self.bins
+    }
+
+    /// Runs `edgewardctl <args>` with the admin credential inside node `k`'s namespace, to
+    /// completion (bounded); gives its output whatever its exit status.
+    pub fn ctl(&self, k: usize, args: &[&str]) -> Result<Output> {
         let admin_dir = self.control_data_dir().join("admin");
-        let args = [
+        let mut all = vec![
             "--control".to_owned(),
             control_endpoint(k),
             "--admin-dir".to_owned(),
             admin_dir.to_string_lossy().into_owned(),
-            "token".to_owned(),
-            "create".to_owned(),
-            "--node".to_owned(),
-            topology::node_name(k),
         ];
-        let output = netns::exec(self.topo.node_ns(k), &self.bins.ctl, &args, CTL_TIMEOUT)?;
+        all.extend(args.iter().map(|a| a.to_string()));
+        netns::exec(self.topo.node_ns(k), &self.bins.ctl, &all, CTL_TIMEOUT)
+    }
+
+    /// Creates a join token for node `k` with edgewardctl, run inside the node's namespace.
+    pub fn create_token(&self, k: usize) -> Result<String> {
+        let node = topology::node_name(k);
+        let output = self.ctl(k, &["token", "create", "--node", &node])?;
         let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
         if !output.status.success() || token.is_empty() || token.contains(char::is_whitespace) {
             let stderr = String::from_utf8_lossy(&output.stderr);
@@ -475,16 +485,20 @@ impl Mesh {
 
     /// The Prometheus text of node `k`'s proxy (GET /metrics on 127.0.0.1:15020).
     pub fn metrics(&self, k: usize) -> Result<String> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, METRICS_PORT));
-        let response = http::get(self.topo.node_ns(k), addr, "/metrics", HTTP_TIMEOUT)?;
-        if response.status != 200 {
-            bail!(
-                "GET /metrics on node-{k} answered {}: {}",
-                response.status,
-                response.body
-            );
-        }
-        Ok(response.body)
+        get_metrics(self.topo.node_ns(k), METRICS_PORT)
+    }
+
+    /// The Prometheus text of the control plane (GET /metrics on 127.0.0.1:15014 in the
+    /// control namespace).
+    pub fn control_metrics(&self) -> Result<String> {
+        get_metrics(self.topo.ctl_ns(), CONTROL_METRICS_PORT)
+    }
+
+    /// The status node `k`'s proxy answers on /healthz/ready right now (200 when ready).
+    pub fn ready_status(&self, k: usize) -> Result<u16> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, READY_PORT));
+        let response = http::get(self.topo.node_ns(k), addr, "/healthz/ready", HTTP_TIMEOUT)?;
+        Ok(response.status)
     }
 
     /// Prints the tail of every process log to stderr (for the demo's failure path).
@@ -496,6 +510,20 @@ impl Mesh {
 /// The control plane address node `k` uses: the control namespace's side of their link.
 pub fn control_endpoint(k: usize) -> String {
     format!("{}:{CONTROL_PORT}", topology::control_addr(k))
+}
+
+/// GETs /metrics from `port` on the loopback of namespace `ns`; anything but 200 is an error.
+fn get_metrics(ns: &str, port: u16) -> Result<String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let response = http::get(ns, addr, "/metrics", HTTP_TIMEOUT)?;
+    if response.status != 200 {
+        bail!(
+            "GET /metrics on {addr} in netns {ns} answered {}: {}",
+            response.status,
+            response.body
+        );
+    }
+    Ok(response.body)
 }
 
 /// Whether a log line is an access-log line (tracing target `access`).

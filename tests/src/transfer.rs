@@ -209,24 +209,39 @@ fn pattern(len: usize, salt: u8) -> Vec<u8> {
         .collect()
 }
 
-/// The client closes with SO_LINGER 0 (a TCP reset); the server's next read must fail with
-/// ECONNRESET, not return a clean EOF.
+/// The client aborts (SO_LINGER 0, then close): the server must read a connection reset, not
+/// a clean end of stream.
 pub fn reset(pair: Pair) -> Result<()> {
-    let Pair { client, mut server } = pair;
-    socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO))?;
-    drop(client);
+    let Pair { client, server } = pair;
+    abort_and_expect_reset(client, server, "client", "server")
+}
 
-    server.set_read_timeout(Some(RESET_TIMEOUT))?;
+/// The server aborts: the client must read a connection reset, not a clean end of stream.
+pub fn reset_by_server(pair: Pair) -> Result<()> {
+    let Pair { client, server } = pair;
+    abort_and_expect_reset(server, client, "server", "client")
+}
+
+fn abort_and_expect_reset(
+    aborting: TcpStream,
+    mut peer: TcpStream,
+    who: &str,
+    other: &str,
+) -> Result<()> {
+    socket2::SockRef::from(&aborting).set_linger(Some(Duration::ZERO))?;
+    drop(aborting);
+
+    peer.set_read_timeout(Some(RESET_TIMEOUT))?;
     let mut buf = [0u8; 1024];
-    match server.read(&mut buf) {
+    match peer.read(&mut buf) {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(()),
-        Ok(0) => bail!("the client's reset reached the server as a clean EOF"),
-        Ok(n) => bail!("the server read {n} unexpected bytes instead of a reset"),
+        Ok(0) => bail!("the {who}'s reset reached the {other} as a clean EOF"),
+        Ok(n) => bail!("the {other} read {n} unexpected bytes instead of a reset"),
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-            bail!("nothing reached the server within {RESET_TIMEOUT:?}: the reset was lost")
+            bail!("nothing reached the {other} within {RESET_TIMEOUT:?}: the reset was lost")
         }
         Err(e) => bail!(
-            "the server saw {e} ({:?}), not a connection reset",
+            "the {other} saw {e} ({:?}), not a connection reset",
             e.kind()
         ),
     }

@@ -1,6 +1,7 @@
 //! Byte-exact transport through the mesh with plain Rust peers (a listener made inside the
 //! server pod on node 2, a client socket made inside the client pod on node 1): 64 MiB each
-//! way with equal SHA-256, half-close carried end to end, and a reset arriving as a reset.
+//! way with equal SHA-256, half-close carried end to end, and a reset arriving as a reset in
+//! either direction.
 
 use edgeward_lab::transfer;
 use edgeward_lab::{Mesh, MeshOptions};
@@ -31,4 +32,11 @@ fn reset_reaches_the_server_as_a_reset() {
     let mesh = client_server_mesh();
     let pair = transfer::connect(mesh.topology(), "client", "server").unwrap();
     transfer::reset(pair).unwrap();
+}
+
+#[test]
+fn reset_reaches_the_client_as_a_reset() {
+    let mesh = client_server_mesh();
+    let pair = transfer::connect(mesh.topology(), "client", "server").unwrap();
+    transfer::reset_by_server(pair).unwrap();
 }

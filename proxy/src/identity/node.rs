@@ -224,7 +224,10 @@ pub async fn renew_forever(
                         .svid_requests
                         .with_label_values(&["node", "error"])
                         .inc();
-                    tracing::warn!(error = %format!("{error:#}"), "cannot renew the node credential; keeping the current one");
+                    tracing::warn!(
+                        error = %format!("{error:#}"),
+                        "cannot renew the node credential; keeping the current one",
+                    );
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }

@@ -200,7 +200,11 @@ async fn maintain(key: WorkloadKey, id: SpiffeId, deps: IdentityDeps) {
                     .svid_requests
                     .with_label_values(&["workload", "error"])
                     .inc();
-                tracing::warn!(workload = %key, error = %format!("{error:#}"), "cannot obtain the workload SVID");
+                tracing::warn!(
+                    workload = %key,
+                    error = %format!("{error:#}"),
+                    "cannot obtain the workload SVID",
+                );
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }

@@ -202,7 +202,12 @@ async fn drive(
                 tracing::debug!(%peer, %error, "tunnel connection ended with an error");
             }
         }
-        () = keepalive => tracing::warn!(%peer, "tunnel peer stopped answering PINGs; dropping the connection"),
+        () = keepalive => {
+            tracing::warn!(
+                %peer,
+                "tunnel peer stopped answering PINGs; dropping the connection",
+            )
+        },
     }
     metrics.tunnels_open.dec();
 }
