@@ -95,11 +95,9 @@ impl VerifyError {
 /// A short label for why a TLS handshake failed, for metrics and logs.
 pub fn rejection_reason(err: &TlsError) -> &'static str {
     match err {
-        TlsError::InvalidCertificate(CertificateError::Other(OtherError(inner))) => inner
-            .downcast_ref::<VerifyError>()
+        TlsError::InvalidCertificate(_) => verify_error_of(err)
             .map(VerifyError::reason)
             .unwrap_or("bad_certificate"),
-        TlsError::InvalidCertificate(_) => "bad_certificate",
         TlsError::NoCertificatesPresented => "no_certificate",
         TlsError::InvalidMessage(_)
         | TlsError::InappropriateMessage { .. }
@@ -109,6 +107,26 @@ pub fn rejection_reason(err: &TlsError) -> &'static str {
         TlsError::PeerMisbehaved(_) => "peer_misbehaved",
         _ => "other",
     }
+}
+
+/// The verifier's refusal inside a rustls error, if that is what failed the handshake.
+pub fn verify_error_of(err: &TlsError) -> Option<&VerifyError> {
+    match err {
+        TlsError::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+            inner.downcast_ref::<VerifyError>()
+        }
+        _ => None,
+    }
+}
+
+/// Whether a handshake failed (as tokio-rustls reports it) because a verifier refused the
+/// peer's certificate; such refusals reach the verifier's observer already.
+pub fn is_verifier_refusal(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsError>())
+        .and_then(verify_error_of)
+        .is_some()
 }
 
 /// The same label for a handshake error as tokio-rustls reports it (an I/O error that wraps the
@@ -147,12 +165,26 @@ impl PeerPolicy {
     }
 }
 
+/// Called with every refusal a verifier makes, so that callers count refusals by reason
+/// whatever transport carried the handshake.
+pub type RejectionObserver = Arc<dyn Fn(&VerifyError) + Send + Sync>;
+
 /// Verifies certificate chains against the current trust bundle and a [`PeerPolicy`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SpiffeVerifier {
     bundle: SharedBundle,
     policy: PeerPolicy,
     algorithms: WebPkiSupportedAlgorithms,
+    observer: Option<RejectionObserver>,
+}
+
+impl std::fmt::Debug for SpiffeVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpiffeVerifier")
+            .field("bundle", &self.bundle)
+            .field("policy", &self.policy)
+            .finish()
+    }
 }
 
 impl SpiffeVerifier {
@@ -163,11 +195,32 @@ impl SpiffeVerifier {
             bundle,
             policy,
             algorithms: provider.signature_verification_algorithms,
+            observer: None,
         }
+    }
+
+    /// The same verifier, reporting each refusal to `observer` as well.
+    pub fn with_observer(mut self, observer: RejectionObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Verifies a presented chain for the given key usage and returns the peer's SPIFFE ID.
     pub fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: KeyUsage,
+    ) -> Result<SpiffeId, VerifyError> {
+        let result = self.check(end_entity, intermediates, now, usage);
+        if let (Err(e), Some(observer)) = (&result, &self.observer) {
+            observer(e);
+        }
+        result
+    }
+
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// The embedded control plane: CA, node join, workload registry and watch streams.
+/// The embedded control plane: CA, node join, workloads, policies and update streams.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "edgeward-control", version, about)]
 pub struct ControlConfig {
@@ -23,9 +23,10 @@ pub struct ControlConfig {
     #[arg(long, env = "EDGEWARD_TRUST_DOMAIN", default_value = "edgeward.local")]
     pub trust_domain: String,
 
-    /// The workload registry (YAML), re-read whenever it changes.
+    /// The workload registry file (YAML), re-read whenever it changes; none by default, when
+    /// workloads come from the admin API only.
     #[arg(long, env = "EDGEWARD_REGISTRY")]
-    pub registry: PathBuf,
+    pub registry: Option<PathBuf>,
 
     /// Address of the control API (gRPC over mutual TLS).
     #[arg(long, env = "EDGEWARD_CONTROL_LISTEN", default_value = "0.0.0.0:15012")]

@@ -18,6 +18,12 @@ pub struct Metrics {
     pub registry_version: IntGauge,
     /// Open watch streams.
     pub watchers: IntGauge,
+    /// Open Subscribe streams.
+    pub subscribers: IntGauge,
+    /// Updates sent on Subscribe streams, by kind (full, delta, in_sync).
+    pub updates_sent: IntCounterVec,
+    /// Policy documents applied, by result (ok, refused, error).
+    pub policy_applies: IntCounterVec,
 }
 
 impl Metrics {
@@ -35,6 +41,13 @@ impl Metrics {
             ),
             registry_version: r.gauge("snapshot_version", "Version of the snapshot served"),
             watchers: r.gauge("watchers", "Open watch streams"),
+            subscribers: r.gauge("subscribers", "Open Subscribe streams"),
+            updates_sent: r.counter(
+                "updates_sent_total",
+                "Updates sent to subscribers",
+                &["kind"],
+            ),
+            policy_applies: r.counter("policy_applies_total", "Policy applies", &["result"]),
             registry: r,
         }
     }

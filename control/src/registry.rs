@@ -1,14 +1,18 @@
 //! The workload registry: which workloads exist, on which node, at which addresses, under which
-//! service account. Read from a YAML file, validated whole, and replaced only by a file that
-//! passes validation.
+//! service account, with which labels. Workloads come from a YAML file, validated whole and
+//! replaced only by a file that passes validation, and from the admin API; a name or an address
+//! that both claim is refused.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
 use edgeward_ca::{SpiffeId, TrustDomain};
-use serde::Deserialize;
+use edgeward_proto::v1;
+use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
+
+use crate::yaml::{split_error, Labels};
 
 /// Why a registry file was refused.
 #[derive(Debug, Error)]
@@ -40,21 +44,13 @@ pub enum RegistryError {
 
 impl From<serde_norway::Error> for RegistryError {
     fn from(e: serde_norway::Error) -> Self {
-        match e.location() {
-            Some(at) => {
-                let text = e.to_string();
-                // The library appends the position in its own words; we state it up front.
-                let message = match text.rfind(" at line ") {
-                    Some(cut) => text[..cut].to_string(),
-                    None => text,
-                };
-                Self::Syntax {
-                    line: at.line(),
-                    column: at.column(),
-                    message,
-                }
-            }
-            None => Self::Invalid(e.to_string()),
+        match split_error(&e) {
+            (Some((line, column)), message) => Self::Syntax {
+                line,
+                column,
+                message,
+            },
+            (None, message) => Self::Invalid(message),
         }
     }
 }
@@ -76,16 +72,26 @@ impl<'de> Deserialize<'de> for Label {
             }
 
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Label, E> {
-                check_label(s)
-                    .map(|()| Label(s.to_owned()))
-                    .map_err(E::custom)
+                Label::new(s).map_err(E::custom)
             }
         }
         d.deserialize_str(Visitor)
     }
 }
 
+impl Serialize for Label {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 impl Label {
+    /// Checks `name` and wraps it.
+    pub fn new(name: &str) -> Result<Self, String> {
+        check_label(name)?;
+        Ok(Self(name.to_owned()))
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -101,33 +107,113 @@ impl fmt::Display for Label {
 /// Checks that `s` is a DNS-1123 label, the form of node, namespace, workload and service
 /// account names.
 pub fn check_label(s: &str) -> Result<(), String> {
-    let valid_chars = s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ends_ok = !s.starts_with('-') && !s.ends_with('-');
-    if s.is_empty() || s.len() > 63 || !valid_chars || !ends_ok {
-        return Err(format!(
-            "{s:?} is not a valid name: use 1 to 63 lower-case letters, digits and '-', \
-             starting and ending with a letter or digit"
-        ));
-    }
-    Ok(())
+    edgeward_ca::policy::check_name(s).map_err(|e| e.to_string())
+}
+
+/// Checks one workload label (`key: value`) by the label rules.
+pub fn check_label_pair(key: &str, value: &str) -> Result<(), String> {
+    edgeward_ca::policy::check_label(key, value).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    workloads: Vec<Spec>,
+    workloads: Vec<WorkloadSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A workload as the registry file and the state file write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Spec {
-    name: Label,
-    namespace: Label,
-    service_account: Label,
-    node: Label,
-    addresses: Vec<IpAddr>,
+pub struct WorkloadSpec {
+    /// Unique within the namespace.
+    pub name: Label,
+    /// The namespace.
+    pub namespace: Label,
+    /// The service account, which makes the SPIFFE ID.
+    pub service_account: Label,
+    /// The only node that may obtain the workload's SVID.
+    pub node: Label,
+    /// Pod addresses; at least one.
+    pub addresses: Vec<IpAddr>,
+    /// Labels that policies select workloads by; none by default.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+}
+
+impl WorkloadSpec {
+    /// Checks a workload that came through the API; the error names the field at fault.
+    pub fn from_proto(w: &v1::Workload) -> Result<Self, String> {
+        let label = |field: &str, value: &str| {
+            Label::new(value).map_err(|e| format!("workload.{field}: {e}"))
+        };
+        let addresses = w.addresses.iter().enumerate().map(|(i, a)| {
+            a.parse::<IpAddr>()
+                .map_err(|_| format!("workload.addresses[{i}]: {a:?} is not an IP address"))
+        });
+        for (key, value) in &w.labels {
+            check_label_pair(key, value).map_err(|e| format!("workload.labels: {e}"))?;
+        }
+        Ok(Self {
+            name: label("name", &w.name)?,
+            namespace: label("namespace", &w.namespace)?,
+            service_account: label("service_account", &w.service_account)?,
+            node: label("node", &w.node)?,
+            addresses: addresses.collect::<Result<_, _>>()?,
+            labels: Labels(w.labels.clone()),
+        })
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    fn into_workload(self, td: &TrustDomain, source: Source) -> Result<Workload, String> {
+        if self.addresses.is_empty() {
+            return Err("no addresses: a workload needs at least one".into());
+        }
+        let spiffe_id = td
+            .workload_id(self.namespace.as_str(), self.service_account.as_str())
+            .map_err(|e| format!("cannot form a SPIFFE ID: {e}"))?;
+        Ok(Workload {
+            name: self.name,
+            namespace: self.namespace,
+            service_account: self.service_account,
+            node: self.node,
+            addresses: self.addresses,
+            labels: self.labels.0,
+            spiffe_id,
+            source,
+        })
+    }
+}
+
+/// Where a workload is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The registry file, which stays the source of truth for its entries.
+    File,
+    /// The admin API (`edgewardctl workload add`), persisted in the state file.
+    Api,
+}
+
+impl Source {
+    /// `file` or `api`, as `edgewardctl workload list` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Api => "api",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::File => "the registry file",
+            Self::Api => "the API",
+        })
+    }
 }
 
 /// One workload, validated.
@@ -143,8 +229,51 @@ pub struct Workload {
     pub node: Label,
     /// Its pod addresses.
     pub addresses: Vec<IpAddr>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
     /// `spiffe://<td>/ns/<namespace>/sa/<service account>`.
     pub spiffe_id: SpiffeId,
+    /// Where it is defined.
+    pub source: Source,
+}
+
+impl Workload {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A workload of one source that clashes with one of the other (or with another API workload).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Clash {
+    /// Both define `namespace/name`.
+    #[error("workload {who} is defined both by {first} and by {second}")]
+    Name {
+        /// `namespace/name`.
+        who: String,
+        /// The source read first (the registry file, when it is one of the two).
+        first: Source,
+        /// The other source.
+        second: Source,
+    },
+    /// Two workloads claim one address.
+    #[error(
+        "address {address} of {who} ({defined_by}) is already used by {owner} \
+         ({owner_defined_by})"
+    )]
+    Address {
+        /// The address.
+        address: IpAddr,
+        /// The workload read later.
+        who: String,
+        /// Where it is defined.
+        defined_by: Source,
+        /// The workload read first.
+        owner: String,
+        /// Where that one is defined.
+        owner_defined_by: Source,
+    },
 }
 
 /// A validated set of workloads.
@@ -152,6 +281,7 @@ pub struct Workload {
 pub struct Registry {
     workloads: Vec<Workload>,
     by_name: HashMap<(String, String), usize>,
+    by_address: HashMap<IpAddr, usize>,
 }
 
 impl Registry {
@@ -159,47 +289,82 @@ impl Registry {
     pub fn parse(text: &str, trust_domain: &TrustDomain) -> Result<Self, RegistryError> {
         let file: File = serde_norway::from_str(text)?;
         let mut registry = Self::default();
-        let mut owners: HashMap<IpAddr, String> = HashMap::new();
         for (index, spec) in file.workloads.into_iter().enumerate() {
-            let who = format!("{}/{}", spec.namespace, spec.name);
             let conflict = |problem: String| RegistryError::Conflict {
                 index,
-                who: who.clone(),
+                who: spec.key(),
                 problem,
             };
-            let key = (spec.namespace.0.clone(), spec.name.0.clone());
-            if registry.by_name.contains_key(&key) {
+            if registry
+                .get(spec.namespace.as_str(), spec.name.as_str())
+                .is_some()
+            {
                 return Err(conflict("a workload of that name is listed twice".into()));
             }
-            if spec.addresses.is_empty() {
-                return Err(conflict(
-                    "no addresses: a workload needs at least one".into(),
-                ));
-            }
-            for addr in &spec.addresses {
-                if let Some(owner) = owners.insert(*addr, who.clone()) {
-                    return Err(conflict(format!(
-                        "address {addr} is already used by {owner}"
-                    )));
+            let workload = spec
+                .clone()
+                .into_workload(trust_domain, Source::File)
+                .map_err(conflict)?;
+            registry.insert(workload).map_err(|clash| match clash {
+                Clash::Address { address, owner, .. } => {
+                    conflict(format!("address {address} is already used by {owner}"))
                 }
-            }
-            let spiffe_id = trust_domain
-                .workload_id(spec.namespace.as_str(), spec.service_account.as_str())
-                .map_err(|e| conflict(format!("cannot form a SPIFFE ID: {e}")))?;
-            registry.by_name.insert(key, registry.workloads.len());
-            registry.workloads.push(Workload {
-                name: spec.name,
-                namespace: spec.namespace,
-                service_account: spec.service_account,
-                node: spec.node,
-                addresses: spec.addresses,
-                spiffe_id,
-            });
+                other => conflict(other.to_string()),
+            })?;
         }
         Ok(registry)
     }
 
-    /// Every workload, in file order.
+    /// The workloads of the registry file `file` and those added through the API, together;
+    /// refuses a name or an address that two of them claim.
+    pub fn combine(
+        file: &Registry,
+        api: &[WorkloadSpec],
+        trust_domain: &TrustDomain,
+    ) -> Result<Self, CombineError> {
+        let mut registry = file.clone();
+        for spec in api {
+            let who = spec.key();
+            let workload = spec
+                .clone()
+                .into_workload(trust_domain, Source::Api)
+                .map_err(|problem| CombineError::Invalid { who, problem })?;
+            registry.insert(workload)?;
+        }
+        Ok(registry)
+    }
+
+    fn insert(&mut self, workload: Workload) -> Result<(), Clash> {
+        let key = (workload.namespace.0.clone(), workload.name.0.clone());
+        if let Some(first) = self.by_name.get(&key).map(|i| &self.workloads[*i]) {
+            let (first, second) = (first.source, workload.source);
+            let who = workload.key();
+            return Err(Clash::Name { who, first, second });
+        }
+        let mut own = HashSet::new();
+        for address in &workload.addresses {
+            let owner = match self.by_address.get(address) {
+                Some(i) => Some(&self.workloads[*i]),
+                None => (!own.insert(*address)).then_some(&workload),
+            };
+            if let Some(owner) = owner {
+                return Err(Clash::Address {
+                    address: *address,
+                    who: workload.key(),
+                    defined_by: workload.source,
+                    owner: owner.key(),
+                    owner_defined_by: owner.source,
+                });
+            }
+        }
+        let index = self.workloads.len();
+        self.by_address.extend(own.into_iter().map(|a| (a, index)));
+        self.by_name.insert(key, index);
+        self.workloads.push(workload);
+        Ok(())
+    }
+
+    /// Every workload: those of the file in file order, then those of the API.
     pub fn workloads(&self) -> &[Workload] {
         &self.workloads
     }
@@ -209,6 +374,22 @@ impl Registry {
         let index = self.by_name.get(&(namespace.to_owned(), name.to_owned()))?;
         self.workloads.get(*index)
     }
+}
+
+/// Why the registry file and the API workloads cannot be served together.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CombineError {
+    /// A name or an address is claimed twice.
+    #[error(transparent)]
+    Clash(#[from] Clash),
+    /// A stored API workload no longer makes a valid workload.
+    #[error("workload {who}: {problem}")]
+    Invalid {
+        /// `namespace/name`.
+        who: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 #[cfg(test)]
@@ -295,6 +476,58 @@ workloads:
         assert!(error_of(&dup_name).contains("listed twice"));
         let empty = GOOD.replace("[198.18.2.10]", "[]");
         assert!(error_of(&empty).contains("no addresses"));
+    }
+
+    #[test]
+    fn labels_are_read_and_checked_where_written() {
+        let labelled = GOOD.replace(
+            "    addresses: [198.18.2.10]\n",
+            "    addresses: [198.18.2.10]\n    labels:\n      app: greeter\n      tier: back\n",
+        );
+        let r = Registry::parse(&labelled, &td()).unwrap();
+        let greeter = r.get("demo", "greeter").unwrap();
+        assert_eq!(greeter.labels["tier"], "back");
+        assert!(r.get("demo", "client").unwrap().labels.is_empty());
+
+        let e = error_of(&labelled.replace("tier: back", "tier: -back"));
+        assert!(
+            e.starts_with("line 9, column 13: workloads[0].labels.tier: label"),
+            "{e}"
+        );
+    }
+
+    fn api(name: &str, address: &str) -> WorkloadSpec {
+        let w = v1::Workload {
+            name: name.into(),
+            namespace: "demo".into(),
+            service_account: name.into(),
+            node: "node-1".into(),
+            addresses: vec![address.into()],
+            ..Default::default()
+        };
+        WorkloadSpec::from_proto(&w).unwrap()
+    }
+
+    #[test]
+    fn file_and_api_workloads_combine_unless_they_clash() {
+        let file = Registry::parse(GOOD, &td()).unwrap();
+        let both = Registry::combine(&file, &[api("extra", "198.18.1.20")], &td()).unwrap();
+        assert_eq!(both.workloads().len(), 3);
+        assert_eq!(both.get("demo", "extra").unwrap().source, Source::Api);
+        assert_eq!(both.get("demo", "greeter").unwrap().source, Source::File);
+
+        let e = Registry::combine(&file, &[api("client", "198.18.1.20")], &td()).unwrap_err();
+        let name = "workload demo/client is defined both by the registry file and by the API";
+        assert_eq!(e.to_string(), name);
+        let e = Registry::combine(&file, &[api("x", "fd00::1:10")], &td()).unwrap_err();
+        assert!(e
+            .to_string()
+            .ends_with("already used by demo/client (the registry file)"));
+        let twice = [api("x", "198.18.1.20"), api("y", "198.18.1.20")];
+        let e = Registry::combine(&file, &twice, &td()).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("of demo/y (the API) is already used by demo/x"));
     }
 
     #[test]

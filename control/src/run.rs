@@ -1,5 +1,5 @@
 //! Starting and running the control plane: load or create the CA and records, serve the control
-//! API over mutual TLS, follow the registry file, and serve metrics.
+//! API over mutual TLS, follow the registry file (when there is one), and serve metrics.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::ca_files::{self, DataDir};
 use crate::config::ControlConfig;
-use crate::hub::Hub;
+use crate::hub::{ChangeError, Hub};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::service::Api;
@@ -43,17 +43,25 @@ pub async fn run(config: ControlConfig) -> Result<()> {
     let authority = ca_files::load_or_create_authority(&dir, &td)?;
     ca_files::ensure_admin_credential(&dir, &authority)?;
     let state = StateStore::open(&dir.state())?;
-    let (registry, registry_bytes) = read_registry(&config.registry, &td)?;
+    let (registry, registry_bytes) = match &config.registry {
+        Some(path) => read_registry(path, &td)?,
+        None => (Registry::default(), Vec::new()),
+    };
     let metrics = Metrics::new();
-    let hub = Hub::new(authority, state, registry, config.svid_ttl, metrics.clone());
+    let hub = Hub::new(authority, state, registry, config.svid_ttl, metrics.clone())
+        .context("cannot start the control plane")?;
+    let shown_registry = config.registry.as_ref().map(|p| p.display().to_string());
     tracing::info!(
         trust_domain = %td,
         data_dir = %config.data_dir.display(),
-        registry = %config.registry.display(),
+        registry = shown_registry.as_deref().unwrap_or("none"),
         listen = %config.listen,
         metrics = %config.metrics_addr,
         svid_ttl = ?config.svid_ttl,
         workloads = hub.registry().workloads().len(),
+        policies = hub.feed().current().policies.len(),
+        version = hub.feed().current().version,
+        epoch = hub.feed().epoch(),
         "effective configuration"
     );
 
@@ -69,11 +77,9 @@ pub async fn run(config: ControlConfig) -> Result<()> {
 
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(accept_loop(listener, acceptor, tx, metrics.clone()));
-    tokio::spawn(follow_registry(
-        hub.clone(),
-        config.registry.clone(),
-        registry_bytes,
-    ));
+    if let Some(path) = config.registry.clone() {
+        tokio::spawn(follow_registry(hub.clone(), path, registry_bytes));
+    }
     tokio::spawn(own_certificate_renewal(hub.clone(), slot));
     tokio::spawn(edgeward_proto::http_endpoint::serve(
         metrics_listener,
@@ -172,9 +178,11 @@ async fn accept_loop(
 }
 
 /// Re-reads the registry file when it changes; a file that fails validation is logged with
-/// its line and counted, and the registry in force stays.
+/// its line and counted, and the registry in force stays. A file refused because it clashes
+/// with the API workloads is tried again once those change.
 async fn follow_registry(hub: Arc<Hub>, path: PathBuf, mut last: Vec<u8>) {
     let mut read_error_shown = false;
+    let mut clashed_at: Option<u64> = None;
     loop {
         tokio::time::sleep(REGISTRY_POLL).await;
         let bytes = match tokio::fs::read(&path).await {
@@ -192,40 +200,40 @@ async fn follow_registry(hub: Arc<Hub>, path: PathBuf, mut last: Vec<u8>) {
             }
         };
         read_error_shown = false;
-        if bytes == last {
+        let version = hub.feed().current().version;
+        let retry = clashed_at.is_some_and(|at| at != version);
+        if bytes == last && !retry {
             continue;
         }
         last = bytes;
-        apply_registry(&hub, &path, &String::from_utf8_lossy(&last));
+        let clashed = apply_registry(&hub, &path, &String::from_utf8_lossy(&last));
+        clashed_at = clashed.then_some(version);
     }
 }
 
-fn apply_registry(hub: &Hub, path: &Path, text: &str) {
-    match Registry::parse(text, &hub.trust_domain) {
-        Ok(registry) if registry == *hub.registry() => {}
-        Ok(registry) => {
-            let workloads = registry.workloads().len();
-            match hub.replace_registry(registry) {
-                Ok(version) => {
-                    hub.metrics
-                        .registry_reloads
-                        .with_label_values(&["ok"])
-                        .inc();
-                    tracing::info!(path = %path.display(), version, workloads, "registry reloaded");
-                }
-                Err(error) => tracing::error!(%error, "registry reloaded but not persisted"),
-            }
+/// Parses and applies a registry file; returns whether it clashed with the API workloads.
+fn apply_registry(hub: &Hub, path: &Path, text: &str) -> bool {
+    let parsed = Registry::parse(text, &hub.trust_domain).map_err(|e| e.to_string());
+    let workloads = parsed.as_ref().map_or(0, |r| r.workloads().len());
+    let result = match parsed {
+        Ok(registry) => hub.replace_file_registry(registry),
+        Err(error) => Err(ChangeError::Invalid(error)),
+    };
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    match &result {
+        Ok(None) => return false,
+        Ok(Some(version)) => {
+            tracing::info!(path = %path.display(), version, workloads, "registry reloaded");
         }
-        Err(error) => {
-            hub.metrics
-                .registry_reloads
-                .with_label_values(&["error"])
-                .inc();
-            tracing::error!(
-                path = %path.display(),
-                %error,
-                "registry file refused; the previous registry stays in force"
-            );
-        }
+        Err(error) => tracing::error!(
+            path = %path.display(),
+            %error,
+            "registry file refused; the previous registry stays in force"
+        ),
     }
+    hub.metrics
+        .registry_reloads
+        .with_label_values(&[outcome])
+        .inc();
+    matches!(result, Err(ChangeError::Conflict(_)))
 }

@@ -1,5 +1,7 @@
-//! The control plane's own records: join tokens (only their hashes), nodes, and the version
-//! counter of what it serves. Kept in one JSON file that is replaced atomically on every change.
+//! The control plane's own records: join tokens (only their hashes), nodes, the version counter
+//! and epoch of what it serves, workloads added through the API, policies and namespace
+//! defaults. Kept in one JSON file that is replaced atomically on every change, before the
+//! change is acknowledged or put in force.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -9,6 +11,10 @@ use std::time::Duration;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::policy::{NamespaceSpec, PolicySpec};
+use crate::registry::WorkloadSpec;
+use crate::yaml::{Keyed, Unique};
 
 /// Lifetime of a join token when the operator gives none: one hour.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -93,7 +99,7 @@ impl TokenError {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct TokenRecord {
     id: String,
     sha256: String,
@@ -113,12 +119,71 @@ pub struct NodeRecord {
     pub tunnel_addresses: Vec<String>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Everything the state file holds. Fields added after the first release default when absent,
+/// so an older file still loads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct State {
-    version: u64,
+pub struct State {
+    /// Version of what proxies are served; it only grows, across restarts too.
+    pub version: u64,
     tokens: Vec<TokenRecord>,
-    nodes: BTreeMap<String, NodeRecord>,
+    /// Every node that joined, by name.
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Random id of this data directory's sequence of versions, made once.
+    #[serde(default)]
+    pub epoch: String,
+    /// SHA-256 (hex) of what was served at `version`, to tell at start whether it changed.
+    #[serde(default)]
+    pub served_sha256: String,
+    /// Workloads added through the API.
+    #[serde(default)]
+    pub workloads: Unique<WorkloadSpec>,
+    /// Policies, in name order.
+    #[serde(default)]
+    pub policies: Unique<PolicySpec>,
+    /// Namespace default actions, in namespace order.
+    #[serde(default)]
+    pub namespaces: Unique<NamespaceSpec>,
+}
+
+impl State {
+    /// Spends the token `id` and records that `node` joined.
+    pub fn record_join(&mut self, id: &str, node: &str, now_unix: i64) {
+        if let Some(t) = self.tokens.iter_mut().find(|t| t.id == id) {
+            t.used_unix = Some(now_unix);
+        }
+        let record = self.nodes.entry(node.to_owned()).or_default();
+        record.joined_unix = now_unix;
+        record.last_seen_unix = now_unix;
+    }
+
+    /// Records that `node` was seen, with its tunnel addresses.
+    pub fn record_seen(&mut self, node: &str, tunnel_addresses: Vec<String>, now_unix: i64) {
+        let record = self.nodes.entry(node.to_owned()).or_default();
+        record.tunnel_addresses = tunnel_addresses;
+        record.last_seen_unix = now_unix;
+    }
+}
+
+impl Keyed for WorkloadSpec {
+    fn key(&self) -> (&'static str, String) {
+        ("workload", WorkloadSpec::key(self))
+    }
+}
+
+/// Replaces the entry with the same key as `entry`, or adds it; keeps the list in key order.
+pub fn upsert<T: Keyed>(list: &mut Unique<T>, entry: T) {
+    let key = entry.key().1;
+    list.0.retain(|e| e.key().1 != key);
+    let at = list.0.partition_point(|e| e.key().1 < key);
+    list.0.insert(at, entry);
+}
+
+/// Removes the entry whose key is `key`; returns whether there was one.
+pub fn remove<T: Keyed>(list: &mut Unique<T>, key: &str) -> bool {
+    let before = list.0.len();
+    list.0.retain(|e| e.key().1 != key);
+    list.0.len() != before
 }
 
 /// The state file and its contents in memory.
@@ -151,24 +216,38 @@ impl StateStore {
         })
     }
 
-    fn save(&self) -> Result<(), StateError> {
-        let json = serde_json::to_vec_pretty(&self.state).expect("state always serialises");
-        edgeward_ca::files::write_secret(&self.path, &json).map_err(|source| StateError::Write {
+    /// What the file holds now.
+    pub fn records(&self) -> &State {
+        &self.state
+    }
+
+    /// Saves `state` atomically, and only then holds it; on failure the old state stays.
+    pub fn replace(&mut self, state: State) -> Result<(), StateError> {
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| StateError::Write {
             path: self.path.display().to_string(),
-            source,
-        })
+            source: io::Error::other(e),
+        })?;
+        edgeward_ca::files::write_secret(&self.path, &json).map_err(|source| {
+            StateError::Write {
+                path: self.path.display().to_string(),
+                source,
+            }
+        })?;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Applies `change` to a copy of the state and saves it, as [`StateStore::replace`] does.
+    pub fn update<T>(&mut self, change: impl FnOnce(&mut State) -> T) -> Result<T, StateError> {
+        let mut draft = self.state.clone();
+        let out = change(&mut draft);
+        self.replace(draft)?;
+        Ok(out)
     }
 
     /// The version counter of what the control plane serves.
     pub fn version(&self) -> u64 {
         self.state.version
-    }
-
-    /// Increments and saves the version counter.
-    pub fn bump_version(&mut self) -> Result<u64, StateError> {
-        self.state.version += 1;
-        self.save()?;
-        Ok(self.state.version)
     }
 
     /// Creates a single-use join token for `node`, valid for `ttl`. Returns the token, which is
@@ -182,17 +261,18 @@ impl StateStore {
         let id = random_hex(8);
         let token = format!("ewt1.{id}.{}", random_hex(16));
         let expires_unix = now_unix + ttl.as_secs() as i64;
-        self.state
-            .tokens
-            .retain(|t| t.expires_unix + TOKEN_MEMORY > now_unix);
-        self.state.tokens.push(TokenRecord {
+        let record = TokenRecord {
             id,
             sha256: sha256_hex(&token),
             node: node.to_owned(),
             expires_unix,
             used_unix: None,
-        });
-        self.save()?;
+        };
+        self.update(|s| {
+            s.tokens
+                .retain(|t| t.expires_unix + TOKEN_MEMORY > now_unix);
+            s.tokens.push(record);
+        })?;
         Ok((token, expires_unix))
     }
 
@@ -232,17 +312,6 @@ impl StateStore {
         Ok(id)
     }
 
-    /// Spends the token `id` and records that `node` joined, in one write.
-    pub fn complete_join(&mut self, id: &str, node: &str, now_unix: i64) -> Result<(), StateError> {
-        if let Some(t) = self.state.tokens.iter_mut().find(|t| t.id == id) {
-            t.used_unix = Some(now_unix);
-        }
-        let record = self.state.nodes.entry(node.to_owned()).or_default();
-        record.joined_unix = now_unix;
-        record.last_seen_unix = now_unix;
-        self.save()
-    }
-
     /// The node's record, if it ever joined.
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
         self.state.nodes.get(name)
@@ -252,22 +321,11 @@ impl StateStore {
     pub fn nodes(&self) -> &BTreeMap<String, NodeRecord> {
         &self.state.nodes
     }
+}
 
-    /// Records that `node` was seen, with its tunnel addresses; returns whether the addresses
-    /// changed (and so what proxies are told must change).
-    pub fn node_seen(
-        &mut self,
-        node: &str,
-        tunnel_addresses: Vec<String>,
-        now_unix: i64,
-    ) -> Result<bool, StateError> {
-        let record = self.state.nodes.entry(node.to_owned()).or_default();
-        let changed = record.tunnel_addresses != tunnel_addresses;
-        record.tunnel_addresses = tunnel_addresses;
-        record.last_seen_unix = now_unix;
-        self.save()?;
-        Ok(changed)
-    }
+/// A new epoch: 128 random bits, hex.
+pub fn new_epoch() -> String {
+    random_hex(16)
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -316,7 +374,7 @@ mod tests {
             Err(TokenError::Expired { ago: 0, .. })
         ));
         let id = s.check_token(&token, "node-1", 1001).unwrap();
-        s.complete_join(&id, "node-1", 1001).unwrap();
+        s.update(|st| st.record_join(&id, "node-1", 1001)).unwrap();
         assert!(matches!(
             s.check_token(&token, "node-1", 1002),
             Err(TokenError::AlreadyUsed { .. })

@@ -1,6 +1,6 @@
 //! Building Prometheus metrics in one registry, as both binaries do.
 
-use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// A registry with a name prefix, and constructors that register what they create.
 #[derive(Clone)]
@@ -28,6 +28,15 @@ impl Metrics {
     /// A registered gauge without labels.
     pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
         let g = IntGauge::new(name, help).expect("valid metric");
+        self.registry
+            .register(Box::new(g.clone()))
+            .expect("unique metric");
+        g
+    }
+
+    /// A registered integer gauge with labels.
+    pub fn int_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
         self.registry
             .register(Box::new(g.clone()))
             .expect("unique metric");

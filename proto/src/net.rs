@@ -30,7 +30,8 @@ where
     }
 }
 
-/// TCP keepalive settings: how a peer that vanished without a FIN or RST is noticed.
+/// TCP liveness settings: how a peer that vanished without a FIN or RST is noticed, whether
+/// the connection is idle (keepalive probes) or has data in flight (user timeout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
     /// Idle time before the first probe.
@@ -39,6 +40,8 @@ pub struct Keepalive {
     pub interval: Duration,
     /// Unanswered probes before the kernel declares the peer dead.
     pub probes: u32,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged; `None` keeps the kernel's.
+    pub user_timeout: Option<Duration>,
 }
 
 impl Default for Keepalive {
@@ -48,18 +51,23 @@ impl Default for Keepalive {
             idle: Duration::from_secs(30),
             interval: Duration::from_secs(10),
             probes: 3,
+            user_timeout: None,
         }
     }
 }
 
-/// Disables Nagle (edgeward writes whole messages) and turns on TCP keepalive.
+/// Disables Nagle (edgeward writes whole messages) and sets the liveness options.
 pub fn tune(stream: &TcpStream, keepalive: &Keepalive) {
     let _ = stream.set_nodelay(true);
     let probes = socket2::TcpKeepalive::new()
         .with_time(keepalive.idle)
         .with_interval(keepalive.interval)
         .with_retries(keepalive.probes);
-    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&probes) {
+    let sock = socket2::SockRef::from(stream);
+    if let Err(error) = sock.set_tcp_keepalive(&probes) {
         tracing::debug!(%error, "cannot set TCP keepalive");
+    }
+    if let Err(error) = sock.set_tcp_user_timeout(keepalive.user_timeout) {
+        tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
     }
 }

@@ -6,6 +6,7 @@ use tokio::time::Instant;
 use edgeward_ca::SpiffeId;
 
 use crate::directory::Workload;
+use crate::tunnel::stream::Transport;
 
 /// What the access log says about one connection. Filled as the connection proceeds and
 /// written once, when it ends.
@@ -27,6 +28,8 @@ pub struct AccessRecord {
     pub dst_identity: Option<SpiffeId>,
     /// The peer node's tunnel address, for tunnelled connections.
     pub tunnel_peer: Option<SocketAddr>,
+    /// The tunnel transport, for tunnelled connections.
+    pub transport: Option<Transport>,
     started: Instant,
 }
 
@@ -42,6 +45,7 @@ impl AccessRecord {
             dst_workload: None,
             dst_identity: None,
             tunnel_peer: None,
+            transport: None,
             started: Instant::now(),
         }
     }
@@ -72,6 +76,7 @@ impl AccessRecord {
             dst.workload = %text(&self.dst_workload),
             dst.identity = %id(&self.dst_identity),
             tunnel.peer = %self.tunnel_peer.map_or("-".into(), |a| a.to_string()),
+            transport = %self.transport.map_or("-", Transport::as_str),
             bytes_sent = to_server,
             bytes_received = to_client,
             duration_ms = self.started.elapsed().as_millis() as u64,

@@ -34,11 +34,6 @@ impl Backoff {
     }
 }
 
-/// `d` moved by up to `fraction` of itself either way, at random.
-pub fn jitter(d: Duration, fraction: f64) -> Duration {
-    d.mul_f64(1.0 + rand::random_range(-fraction..=fraction))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,17 @@ pub enum OutboundMode {
     Strict,
 }
 
+/// Which transport the tunnels to peer nodes use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TunnelTransport {
+    /// QUIC where UDP reaches the peer, TCP where it does not; QUIC is probed again later.
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TCP (TLS and HTTP/2) only.
+    Tcp,
+}
+
 /// The node proxy: captures pod traffic and tunnels it over mutual TLS to the destination node.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "edgeward-proxy", version, about)]
@@ -50,7 +61,8 @@ pub struct ProxyConfig {
     #[arg(long, env = "EDGEWARD_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
 
-    /// Addresses at which other nodes reach this node's tunnel port (repeatable).
+    /// Addresses at which other nodes reach this node's tunnel port (repeat the flag or
+    /// separate with commas).
     #[arg(
         long,
         env = "EDGEWARD_ADVERTISE",
@@ -59,8 +71,9 @@ pub struct ProxyConfig {
     )]
     pub advertise: Vec<IpAddr>,
 
-    /// Pod networks whose TCP connections are captured (repeatable). The proxy installs the
-    /// iptables rules at start and removes them at exit; none given means no capture rules.
+    /// Pod networks whose TCP connections are captured (repeat the flag or separate with
+    /// commas). The proxy installs the iptables rules at start and removes them at exit; none
+    /// given means no capture rules.
     #[arg(long, env = "EDGEWARD_CAPTURE_CIDRS", value_delimiter = ',')]
     pub capture_cidr: Vec<IpNet>,
 
@@ -81,7 +94,7 @@ pub struct ProxyConfig {
     )]
     pub outbound_listen: SocketAddr,
 
-    /// The tunnel listener (TCP: HTTP/2 CONNECT over mutual TLS).
+    /// The tunnel listener, on TCP (HTTP/2 CONNECT over mutual TLS) and on UDP (QUIC) alike.
     #[arg(long, env = "EDGEWARD_TUNNEL_LISTEN", default_value = "0.0.0.0:15008")]
     pub tunnel_listen: SocketAddr,
 
@@ -94,7 +107,8 @@ pub struct ProxyConfig {
     pub ready_addr: SocketAddr,
 
     /// Time allowed to open a TCP connection (to a peer node, a pod or a pass-through
-    /// destination) and to finish a TLS handshake, such as "5s".
+    /// destination), to finish a TLS handshake, and for a peer to answer a tunnel stream's
+    /// CONNECT, such as "5s".
     #[arg(
         long,
         env = "EDGEWARD_CONNECT_TIMEOUT",
@@ -102,6 +116,84 @@ pub struct ProxyConfig {
         value_parser = humantime::parse_duration,
     )]
     pub connect_timeout: Duration,
+
+    /// How long a control-plane outage the node must ride out without any certificate
+    /// expiring: SVIDs are requested with twice this lifetime and renewed while at least this
+    /// much validity remains (default 24h).
+    #[arg(
+        long,
+        env = "EDGEWARD_AVAILABILITY_TARGET",
+        default_value = "24h",
+        value_parser = humantime::parse_duration
+    )]
+    pub availability_target: Duration,
+
+    /// Tunnel transport: auto, quic or tcp.
+    #[arg(
+        long,
+        env = "EDGEWARD_TUNNEL_TRANSPORT",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub tunnel_transport: TunnelTransport,
+
+    /// QUIC idle timeout offered to peers; the smaller of the two sides' values applies, and
+    /// keep-alives go out at a third of it. It bounds how long a silent peer goes unnoticed, so
+    /// it must exceed the link outages the tunnel should ride out (default 30s).
+    #[arg(
+        long,
+        env = "EDGEWARD_QUIC_IDLE_TIMEOUT",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub quic_idle_timeout: Duration,
+
+    /// How long a QUIC handshake, or a QUIC path that stopped answering, may take before a
+    /// connection falls back to TCP (auto transport only).
+    #[arg(
+        long,
+        env = "EDGEWARD_QUIC_PROBE_TIMEOUT",
+        default_value = "3s",
+        value_parser = humantime::parse_duration
+    )]
+    pub quic_probe_timeout: Duration,
+
+    /// After a fallback to TCP, how long until QUIC is tried again for that peer.
+    #[arg(
+        long,
+        env = "EDGEWARD_QUIC_REPROBE_INTERVAL",
+        default_value = "60s",
+        value_parser = humantime::parse_duration
+    )]
+    pub quic_reprobe_interval: Duration,
+
+    /// Interval of HTTP/2 PINGs on TCP tunnels.
+    #[arg(
+        long,
+        env = "EDGEWARD_H2_PING_INTERVAL",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub h2_ping_interval: Duration,
+
+    /// How long an HTTP/2 PING may go unanswered before the TCP tunnel is dropped.
+    #[arg(
+        long,
+        env = "EDGEWARD_H2_PING_TIMEOUT",
+        default_value = "20s",
+        value_parser = humantime::parse_duration
+    )]
+    pub h2_ping_timeout: Duration,
+
+    /// TCP_USER_TIMEOUT on every TCP socket: how long sent data may stay unacknowledged before
+    /// the kernel gives up on the connection.
+    #[arg(
+        long,
+        env = "EDGEWARD_TCP_USER_TIMEOUT",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub tcp_user_timeout: Duration,
 
     /// Log format: "text" or "json".
     #[arg(long, env = "EDGEWARD_LOG_FORMAT", value_enum, default_value = "text")]

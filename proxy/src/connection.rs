@@ -5,7 +5,7 @@ use tokio::net::TcpStream;
 
 use crate::access::AccessRecord;
 use crate::relay::{reset_tcp, Counters, Outcome, Side};
-use crate::tunnel::h2io::H2Writer;
+use crate::tunnel::stream::TunnelStream;
 use crate::Context;
 
 /// Fails a connection before it carried data: the client sees a reset, as it would from a
@@ -28,7 +28,7 @@ pub fn counters(ctx: &Context, direction: &str) -> Counters {
 pub fn finish(
     ctx: &Context,
     stream: TcpStream,
-    tunnel: Option<&mut H2Writer>,
+    tunnel: Option<&mut TunnelStream>,
     record: &AccessRecord,
     outcome: Outcome,
 ) {
@@ -45,8 +45,8 @@ pub fn finish(
         .inc();
     record.emit(result, reason, outcome.to_server, outcome.to_client);
     if outcome.fault.is_some() {
-        if let Some(writer) = tunnel {
-            writer.reset();
+        if let Some(tunnel) = tunnel {
+            tunnel.reset();
         }
         reset_tcp(stream);
     }

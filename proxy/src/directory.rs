@@ -116,6 +116,17 @@ impl Directory {
         &self.local
     }
 
+    /// The node that runs the workloads with SPIFFE ID `id`, when exactly one node does.
+    pub fn node_of_identity(&self, id: &SpiffeId) -> Option<String> {
+        let mut nodes = self
+            .by_ip
+            .values()
+            .filter(|w| w.spiffe_id == *id)
+            .map(|w| &w.node);
+        let first = nodes.next()?;
+        nodes.all(|n| n == first).then(|| first.clone())
+    }
+
     /// Where the tunnel of `node` is reached.
     pub fn tunnel_addresses(&self, node: &str) -> &[SocketAddr] {
         self.nodes.get(node).map(Vec::as_slice).unwrap_or(&[])
@@ -205,6 +216,7 @@ mod tests {
             node: node.into(),
             addresses: vec![ip.into()],
             spiffe_id: format!("spiffe://td/ns/demo/sa/{name}"),
+            ..Default::default()
         };
         v1::Snapshot {
             version: 7,

@@ -26,10 +26,12 @@ pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use edgeward_ca::{tls, ClientVerifier, PeerPolicy, ServerVerifier, SharedBundle};
 use edgeward_ca::{SpiffeVerifier, TrustDomain};
+use edgeward_proto::net::Keepalive;
 use http::StatusCode;
 use tokio::net::TcpListener;
 
@@ -37,9 +39,14 @@ use crate::capture::iptables::CaptureRules;
 use crate::config::ProxyConfig;
 use crate::directory::SharedDirectory;
 use crate::identity::node::{self, StatePaths};
+use crate::identity::store::WorkloadFiles;
 use crate::identity::workloads::{self, Identities, IdentityDeps};
 use crate::metrics::Metrics;
-use crate::tunnel::pool::Pool;
+use crate::tunnel::peers::PeerChoices;
+use crate::tunnel::pool::Tunnels;
+use crate::tunnel::quic::{self, QuicPool, QuicSettings};
+use crate::tunnel::tcp::{TcpPool, TcpSettings};
+use crate::tunnel::{ALPN_H2, ALPN_QUIC};
 use crate::watch::WatchTargets;
 
 /// What every connection handler shares.
@@ -54,10 +61,13 @@ pub struct Context {
     pub bundle: SharedBundle,
     /// Metrics.
     pub metrics: Metrics,
-    /// Outbound tunnel connections.
-    pub pool: Pool,
-    /// TLS for the tunnel listener: workload certificates chosen by SNI, client SVIDs required.
+    /// Outbound tunnels, over QUIC and TCP.
+    pub tunnels: Arc<Tunnels>,
+    /// TLS for the TCP tunnel listener: workload certificates chosen by SNI, client SVIDs
+    /// required.
     pub inbound_tls: Arc<rustls::ServerConfig>,
+    /// Liveness options of every TCP socket.
+    pub keepalive: Keepalive,
 }
 
 /// Runs the proxy until SIGINT or SIGTERM, then removes the capture rules.
@@ -88,17 +98,19 @@ pub async fn run(config: ProxyConfig) -> Result<()> {
     let channel = control_channel(&config, &td, &node, &bundle);
 
     let identities = Arc::new(Identities::new());
+    let keepalive = keepalive(&config);
     let ctx = Arc::new(Context {
         directory: SharedDirectory::new(),
-        inbound_tls: Arc::new(inbound_tls(&bundle, identities.clone())),
+        inbound_tls: Arc::new(inbound_tls(&bundle, identities.clone(), &metrics, ALPN_H2)),
         identities,
-        pool: Pool::new(bundle.clone(), metrics.clone(), config.connect_timeout),
+        tunnels: Arc::new(tunnels(&config, &bundle, &metrics, keepalive)?),
         bundle: bundle.clone(),
         metrics: metrics.clone(),
+        keepalive,
         config,
     });
 
-    spawn_background(&ctx, &node, channel, paths);
+    spawn_background(&ctx, &node, channel, paths)?;
     let rules = start_listeners(&ctx).await?;
     tracing::info!(node = %ctx.config.node_name, id = %node.id, "proxy started");
     edgeward_proto::signal::shutdown().await;
@@ -120,10 +132,64 @@ fn control_channel(
     edgeward_proto::channel::connect_lazy(config.control, Arc::new(tls))
 }
 
-fn inbound_tls(bundle: &SharedBundle, identities: Arc<Identities>) -> rustls::ServerConfig {
-    let verifier = SpiffeVerifier::new(bundle.clone(), PeerPolicy::AnyWorkload);
+fn inbound_tls(
+    bundle: &SharedBundle,
+    identities: Arc<Identities>,
+    metrics: &Metrics,
+    alpn: &[u8],
+) -> rustls::ServerConfig {
+    let verifier = SpiffeVerifier::new(bundle.clone(), PeerPolicy::AnyWorkload)
+        .with_observer(metrics.handshake_observer("inbound"));
     let verifier = Arc::new(ClientVerifier::new(verifier, true));
-    tls::server_config(verifier, identities, &[b"h2"])
+    tls::server_config(verifier, identities, &[alpn])
+}
+
+/// TCP liveness: keepalive probes 10 s after the last data, every 5 s, four unanswered ones
+/// declare the peer dead (30 s in all, the documented dead-peer bound); TCP_USER_TIMEOUT bounds
+/// the time sent data may go unacknowledged the same way.
+fn keepalive(config: &ProxyConfig) -> Keepalive {
+    Keepalive {
+        idle: Duration::from_secs(10),
+        interval: Duration::from_secs(5),
+        probes: 4,
+        user_timeout: Some(config.tcp_user_timeout),
+    }
+}
+
+fn tunnels(
+    config: &ProxyConfig,
+    bundle: &SharedBundle,
+    metrics: &Metrics,
+    keepalive: Keepalive,
+) -> Result<Tunnels> {
+    let tcp = TcpPool::new(
+        bundle.clone(),
+        metrics.clone(),
+        TcpSettings {
+            connect_timeout: config.connect_timeout,
+            ping_interval: config.h2_ping_interval,
+            ping_timeout: config.h2_ping_timeout,
+            keepalive,
+        },
+    );
+    let unspecified = match config.tunnel_listen {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let quic = QuicPool::new(
+        unspecified,
+        bundle.clone(),
+        metrics.clone(),
+        QuicSettings {
+            idle_timeout: config.quic_idle_timeout,
+            probe_timeout: config.quic_probe_timeout,
+            connect_timeout: config.connect_timeout,
+        },
+    )
+    .context("cannot open the QUIC client socket")?;
+    let choices = PeerChoices::new(config.tunnel_transport, config.quic_reprobe_interval);
+    let timeouts = (config.connect_timeout, config.quic_probe_timeout);
+    Ok(Tunnels::new(tcp, quic, choices, metrics.clone(), timeouts))
 }
 
 fn spawn_background(
@@ -131,7 +197,7 @@ fn spawn_background(
     node: &Arc<node::NodeIdentity>,
     channel: tonic::transport::Channel,
     paths: StatePaths,
-) {
+) -> Result<()> {
     let targets = WatchTargets {
         directory: ctx.directory.clone(),
         bundle: ctx.bundle.clone(),
@@ -147,6 +213,9 @@ fn spawn_background(
         targets,
     ));
     let deps = IdentityDeps {
+        files: WorkloadFiles::new(&ctx.config.state_dir)
+            .context("cannot create the workload key directory")?,
+        availability_target: ctx.config.availability_target,
         identities: ctx.identities.clone(),
         channel: channel.clone(),
         bundle: ctx.bundle.clone(),
@@ -159,7 +228,9 @@ fn spawn_background(
         paths,
         ctx.bundle.clone(),
         ctx.metrics.clone(),
+        ctx.config.availability_target,
     ));
+    Ok(())
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
@@ -174,11 +245,16 @@ async fn start_listeners(ctx: &Arc<Context>) -> Result<Option<CaptureRules>> {
     let config = &ctx.config;
     let outbound = bind(config.outbound_listen, "outbound capture").await?;
     let tunnel = bind(config.tunnel_listen, "tunnel").await?;
+    let quic_tls = inbound_tls(&ctx.bundle, ctx.identities.clone(), &ctx.metrics, ALPN_QUIC);
+    let quic = quic::server_endpoint(config.tunnel_listen, quic_tls, config.quic_idle_timeout)
+        .with_context(|| format!("cannot listen on udp {} (tunnel)", config.tunnel_listen))?;
     let metrics = bind(config.metrics_addr, "metrics").await?;
     let ready = bind(config.ready_addr, "readiness").await?;
 
     tokio::spawn(outbound::serve(outbound, ctx.clone()));
-    tokio::spawn(inbound::serve(tunnel, ctx.clone()));
+    tokio::spawn(inbound::tcp::serve(tunnel, ctx.clone()));
+    tokio::spawn(inbound::quic::serve(quic, ctx.clone()));
+    tokio::spawn(tunnel::netwatch::watch(ctx.tunnels.clone()));
     let m = ctx.metrics.clone();
     tokio::spawn(edgeward_proto::http_endpoint::serve(
         metrics,

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the node proxy (prefix `edgeward_`).
 
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 /// The proxy's counters and gauges.
 #[derive(Clone)]
@@ -18,14 +18,29 @@ pub struct Metrics {
     pub handshake_failures: IntCounterVec,
     /// Expiry of each SVID held, Unix seconds, by identity and workload.
     pub cert_expiry: GaugeVec,
+    /// 1 while the renewal of an SVID keeps failing (the alarm before expiry), by identity and
+    /// workload.
+    pub renewal_failing: IntGaugeVec,
     /// SVID requests to the control plane, by kind (node, workload) and result.
     pub svid_requests: IntCounterVec,
     /// Snapshots received from the control plane, by result (applied, refused).
     pub snapshots: IntCounterVec,
     /// Version of the snapshot in force.
     pub snapshot_version: IntGauge,
-    /// Open tunnel connections (HTTP/2 over TLS) to peer nodes.
+    /// Open TCP tunnel connections (HTTP/2 over TLS) to peer nodes.
     pub tunnels_open: IntGauge,
+    /// 1 for the transport now used to each peer node, 0 for the other.
+    pub peer_transport: IntGaugeVec,
+    /// Smoothed round-trip time to each peer node, seconds.
+    pub peer_rtt: GaugeVec,
+    /// Packets the QUIC tunnels to each peer node declared lost.
+    pub peer_lost: IntCounterVec,
+    /// QUIC connection migrations (local address changes, or a peer seen on a new path).
+    pub peer_migrations: IntCounterVec,
+    /// Tunnel connections made again after an earlier one to the same peer ended.
+    pub peer_reconnects: IntCounterVec,
+    /// Tunnel connections dropped because the peer stopped answering keep-alives.
+    pub peer_keepalive_timeouts: IntCounterVec,
 }
 
 impl Metrics {
@@ -59,6 +74,11 @@ impl Metrics {
                 "NotAfter of each SVID held, Unix seconds",
                 &["identity", "workload"],
             ),
+            renewal_failing: r.int_gauge_vec(
+                "certificate_renewal_failing",
+                "1 while the SVID cannot be renewed",
+                &["identity", "workload"],
+            ),
             svid_requests: r.counter(
                 "svid_requests_total",
                 "SVID requests to the control plane",
@@ -66,9 +86,36 @@ impl Metrics {
             ),
             snapshots: r.counter("snapshots_total", "Snapshots received", &["result"]),
             snapshot_version: r.gauge("snapshot_version", "Version of the snapshot in force"),
-            tunnels_open: r.gauge(
-                "tunnel_connections",
-                "Open tunnel connections to peer nodes",
+            tunnels_open: r.gauge("tunnel_connections", "Open TCP tunnel connections"),
+            peer_transport: r.int_gauge_vec(
+                "peer_transport",
+                "1 for the tunnel transport in use to the peer node",
+                &["peer", "transport"],
+            ),
+            peer_rtt: r.gauge_vec(
+                "peer_rtt_seconds",
+                "Round-trip time to the peer node",
+                &["peer"],
+            ),
+            peer_lost: r.counter(
+                "peer_lost_packets_total",
+                "QUIC packets to the peer node declared lost",
+                &["peer"],
+            ),
+            peer_migrations: r.counter(
+                "peer_migrations_total",
+                "QUIC connection migrations with the peer node",
+                &["peer"],
+            ),
+            peer_reconnects: r.counter(
+                "peer_reconnects_total",
+                "Tunnel connections to the peer node made again after one ended",
+                &["peer"],
+            ),
+            peer_keepalive_timeouts: r.counter(
+                "peer_keepalive_timeouts_total",
+                "Tunnels dropped because the peer stopped answering keep-alives",
+                &["peer", "transport"],
             ),
             registry: r,
         }
@@ -77,6 +124,58 @@ impl Metrics {
     /// The counter of bytes for one direction and flow, resolved once per connection.
     pub fn bytes_counter(&self, direction: &str, flow: &str) -> IntCounter {
         self.bytes.with_label_values(&[direction, flow])
+    }
+
+    /// Counts a failed TLS handshake.
+    pub fn handshake_failed(&self, direction: &str, reason: &str) {
+        self.handshake_failures
+            .with_label_values(&[direction, reason])
+            .inc();
+    }
+
+    /// A verifier observer that counts each refusal as a failed handshake of `direction`.
+    pub fn handshake_observer(&self, direction: &'static str) -> edgeward_ca::RejectionObserver {
+        let metrics = self.clone();
+        std::sync::Arc::new(move |e| metrics.handshake_failed(direction, e.reason()))
+    }
+
+    /// Notes the transport in use to `peer`.
+    pub fn peer_transport(&self, peer: &str, transport: crate::tunnel::stream::Transport) {
+        for t in crate::tunnel::stream::Transport::ALL {
+            let value = i64::from(t == transport);
+            self.peer_transport
+                .with_label_values(&[peer, t.as_str()])
+                .set(value);
+        }
+    }
+
+    /// Records a round-trip time to `peer`.
+    pub fn peer_rtt(&self, peer: &str, rtt: std::time::Duration) {
+        self.peer_rtt
+            .with_label_values(&[peer])
+            .set(rtt.as_secs_f64());
+    }
+
+    /// Adds packets lost on the way to `peer`.
+    pub fn lost_packets(&self, peer: &str, count: u64) {
+        self.peer_lost.with_label_values(&[peer]).inc_by(count);
+    }
+
+    /// Counts a migration of a connection with `peer`.
+    pub fn migration(&self, peer: &str) {
+        self.peer_migrations.with_label_values(&[peer]).inc();
+    }
+
+    /// Counts a new connection to `peer` made after an earlier one ended.
+    pub fn reconnect(&self, peer: &str) {
+        self.peer_reconnects.with_label_values(&[peer]).inc();
+    }
+
+    /// Counts a tunnel to `peer` dropped for silence.
+    pub fn keepalive_timeout(&self, peer: &str, transport: &str) {
+        self.peer_keepalive_timeouts
+            .with_label_values(&[peer, transport])
+            .inc();
     }
 
     /// Counts a connection refused or failed before it carried data.

@@ -13,7 +13,7 @@ use crate::config::OutboundMode;
 use crate::connection::{counters, fail, finish};
 use crate::directory::Workload;
 use crate::relay::{relay, reset_tcp};
-use crate::tunnel::pool::StreamRequest;
+use crate::tunnel::StreamRequest;
 use crate::Context;
 
 /// How long a captured connection waits for its workload's SVID right after a start.
@@ -28,7 +28,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
 }
 
 async fn handle(stream: TcpStream, client: SocketAddr, ctx: Arc<Context>) {
-    crate::sockets::tune(&stream);
+    crate::sockets::tune(ctx.as_ref(), &stream);
     let target = match crate::capture::original_dst(&stream) {
         Ok(target) => target,
         Err(error) => {
@@ -114,12 +114,13 @@ async fn tunnel(
         source: source.key.clone(),
         svid,
         destination: destination.spiffe_id.clone(),
+        peer_node: destination.node.clone(),
         peer,
         target,
         client,
     };
-    let (mut reader, mut writer) = match ctx.pool.open(&request).await {
-        Ok(halves) => halves,
+    let mut tunnel = match ctx.tunnels.open(request).await {
+        Ok(tunnel) => tunnel,
         Err(error) => {
             tracing::debug!(
                 src.addr = %client,
@@ -131,12 +132,14 @@ async fn tunnel(
         }
     };
 
+    record.transport = Some(tunnel.transport());
     let counters = counters(ctx, "outbound");
     let outcome = {
         let (mut r, mut w) = stream.split();
+        let (mut reader, mut writer) = tunnel.halves();
         relay((&mut r, &mut w), (&mut reader, &mut writer), &counters).await
     };
-    finish(ctx, stream, Some(&mut writer), &record, outcome);
+    finish(ctx, stream, Some(&mut tunnel), &record, outcome);
 }
 
 async fn passthrough(mut stream: TcpStream, client: SocketAddr, target: SocketAddr, ctx: &Context) {
@@ -149,7 +152,7 @@ async fn passthrough(mut stream: TcpStream, client: SocketAddr, target: SocketAd
         Ok(Err(_)) => return fail(ctx, stream, &record, "upstream_unreachable"),
         Err(_) => return fail(ctx, stream, &record, "upstream_timeout"),
     };
-    crate::sockets::tune(&upstream);
+    crate::sockets::tune(ctx, &upstream);
 
     let counters = counters(ctx, "passthrough");
     let outcome = {

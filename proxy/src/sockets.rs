@@ -2,8 +2,10 @@
 
 use tokio::net::TcpStream;
 
-/// Disables Nagle and turns on TCP keepalive with the default probes (about a minute to notice a
-/// peer that vanished without a FIN or RST).
-pub fn tune(stream: &TcpStream) {
-    edgeward_proto::net::tune(stream, &edgeward_proto::net::Keepalive::default());
+use crate::Context;
+
+/// Disables Nagle and sets keepalive and TCP_USER_TIMEOUT as configured, so a peer that vanished
+/// is noticed within the dead-peer bound whether the connection is idle or busy.
+pub fn tune(ctx: &Context, stream: &TcpStream) {
+    edgeward_proto::net::tune(stream, &ctx.keepalive);
 }

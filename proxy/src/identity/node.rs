@@ -13,7 +13,8 @@ use edgeward_proto::v1::identity_client::IdentityClient;
 use rustls_pki_types::CertificateDer;
 use tonic::transport::Channel;
 
-use crate::backoff::{jitter, Backoff};
+use crate::backoff::Backoff;
+use crate::identity::renewal;
 use crate::metrics::Metrics;
 
 /// Files of the state directory.
@@ -50,7 +51,7 @@ pub struct NodeIdentity {
     pub id: SpiffeId,
     /// The certificate presented to the control plane.
     pub slot: Arc<CertSlot>,
-    not_after: std::sync::Mutex<SystemTime>,
+    validity: std::sync::Mutex<(SystemTime, SystemTime)>,
 }
 
 impl NodeIdentity {
@@ -58,17 +59,19 @@ impl NodeIdentity {
         Self {
             id: svid.id().clone(),
             slot: Arc::new(CertSlot::with(svid.certified_key())),
-            not_after: std::sync::Mutex::new(svid.not_after()),
+            validity: std::sync::Mutex::new((svid.not_before(), svid.not_after())),
         }
     }
 
-    fn not_after(&self) -> SystemTime {
-        *self.not_after.lock().unwrap_or_else(|e| e.into_inner())
+    /// NotBefore and NotAfter of the node SVID in use.
+    fn validity(&self) -> (SystemTime, SystemTime) {
+        *self.validity.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn replace(&self, svid: &Svid) {
         self.slot.set(svid.certified_key());
-        *self.not_after.lock().unwrap_or_else(|e| e.into_inner()) = svid.not_after();
+        *self.validity.lock().unwrap_or_else(|e| e.into_inner()) =
+            (svid.not_before(), svid.not_after());
     }
 }
 
@@ -191,7 +194,7 @@ pub fn accept_svid(
     Ok(svid)
 }
 
-/// Renews the node SVID at about half its remaining lifetime, forever. A failed renewal keeps
+/// Renews the node SVID at its renewal time (see [`renewal`]), forever. A failed renewal keeps
 /// the current certificate and retries with backoff.
 pub async fn renew_forever(
     node: Arc<NodeIdentity>,
@@ -199,14 +202,14 @@ pub async fn renew_forever(
     paths: StatePaths,
     bundle: SharedBundle,
     metrics: Metrics,
+    availability_target: Duration,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
-        let left = node
-            .not_after()
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        tokio::time::sleep(jitter(left / 2, 0.1)).await;
+        let (nb, na) = node.validity();
+        let at = renewal::renew_at(nb, na, availability_target);
+        let lifetime = na.duration_since(nb).unwrap_or_default();
+        tokio::time::sleep(renewal::delay_until(at, lifetime, SystemTime::now())).await;
         loop {
             match renew_once(&channel, &paths, &bundle).await {
                 Ok(svid) => {

@@ -15,9 +15,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-use crate::backoff::{jitter, Backoff};
+use crate::backoff::Backoff;
 use crate::directory::{SharedDirectory, WorkloadKey};
 use crate::identity::node::accept_svid;
+use crate::identity::renewal;
+use crate::identity::store::WorkloadFiles;
 use crate::metrics::Metrics;
 
 /// The SVIDs of local workloads, and the server certificates the tunnel listener presents,
@@ -124,6 +126,10 @@ impl ResolvesServerCert for Identities {
 /// What the identity tasks need.
 #[derive(Clone)]
 pub struct IdentityDeps {
+    /// Where workload keys and certificates are kept across restarts.
+    pub files: WorkloadFiles,
+    /// How long a control-plane outage every SVID must survive.
+    pub availability_target: Duration,
     /// The store they fill.
     pub identities: Arc<Identities>,
     /// The channel to the control plane.
@@ -151,6 +157,7 @@ pub async fn manage(directory: SharedDirectory, deps: IdentityDeps) {
             if !keep {
                 task.abort();
                 deps.identities.remove(key);
+                deps.files.remove(key);
                 tracing::info!(workload = %key, "dropped the identity of a workload that left");
             }
             keep
@@ -167,45 +174,123 @@ pub async fn manage(directory: SharedDirectory, deps: IdentityDeps) {
     }
 }
 
-/// Obtains the workload's SVID and renews it at about half its lifetime; failures keep the
-/// current SVID and retry with backoff.
+/// Keeps the workload's SVID: the one saved in the state directory if it is still valid, then
+/// a new one at each renewal time (see [`renewal`]). A failed renewal keeps the current SVID
+/// and retries with capped backoff, raising the alarm as expiry nears; an SVID that expires
+/// while the control plane is away is dropped, so connections fail with a clear reason.
 async fn maintain(key: WorkloadKey, id: SpiffeId, deps: IdentityDeps) {
+    let mut current = deps.files.load(&key, &id).map(Arc::new);
+    if let Some(svid) = &current {
+        tracing::info!(
+            workload = %key,
+            identity = %id,
+            "loaded the workload SVID from the state directory",
+        );
+        deps.adopt(&key, svid.clone());
+    }
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        match request(&key, &deps).await {
-            Ok(svid) => {
-                backoff.reset();
-                deps.metrics
-                    .svid_requests
-                    .with_label_values(&["workload", "ok"])
-                    .inc();
-                let expiry = svid
-                    .not_after()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                deps.metrics
-                    .cert_expiry
-                    .with_label_values(&[id.as_str(), &key.to_string()])
-                    .set(expiry.as_secs_f64());
-                tracing::info!(workload = %key, identity = %id, "workload SVID ready");
-                let left = svid
-                    .not_after()
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
-                deps.identities.insert(key.clone(), Arc::new(svid));
-                tokio::time::sleep(jitter(left / 2, 0.1)).await;
+        if let Some(svid) = &current {
+            let (nb, na) = (svid.not_before(), svid.not_after());
+            let at = renewal::renew_at(nb, na, deps.availability_target);
+            let lifetime = na.duration_since(nb).unwrap_or_default();
+            tokio::time::sleep(renewal::delay_until(at, lifetime, SystemTime::now())).await;
+        }
+        loop {
+            match request(&key, &deps).await {
+                Ok(svid) => {
+                    let svid = Arc::new(svid);
+                    deps.files.save(&key, &svid);
+                    deps.adopt(&key, svid.clone());
+                    deps.metrics
+                        .svid_requests
+                        .with_label_values(&["workload", "ok"])
+                        .inc();
+                    tracing::info!(workload = %key, identity = %id, "workload SVID ready");
+                    current = Some(svid);
+                    backoff.reset();
+                    break;
+                }
+                Err(error) => {
+                    deps.metrics
+                        .svid_requests
+                        .with_label_values(&["workload", "error"])
+                        .inc();
+                    current = deps.renewal_failed(&key, current, &error);
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
             }
-            Err(error) => {
-                deps.metrics
-                    .svid_requests
-                    .with_label_values(&["workload", "error"])
-                    .inc();
+        }
+    }
+}
+
+impl IdentityDeps {
+    /// Puts an SVID in force for a workload and publishes its expiry.
+    fn adopt(&self, key: &WorkloadKey, svid: Arc<Svid>) {
+        let expiry = svid
+            .not_after()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let labels = [svid.id().as_str(), &key.to_string()];
+        self.metrics
+            .cert_expiry
+            .with_label_values(&labels)
+            .set(expiry.as_secs_f64());
+        self.metrics
+            .renewal_failing
+            .with_label_values(&labels)
+            .set(0);
+        let (nb, na) = (svid.not_before(), svid.not_after());
+        if !renewal::meets_target(nb, na, self.availability_target) {
+            tracing::warn!(
+                workload = %key,
+                lifetime = ?na.duration_since(nb).unwrap_or_default(),
+                target = ?self.availability_target,
+                "the SVID lifetime is too short to ride out a control-plane outage of that length"
+            );
+        }
+        self.identities.insert(key.clone(), svid);
+    }
+
+    /// Keeps the current SVID through a failed renewal, alarming as expiry nears, and drops it
+    /// once expired. Returns what stays in force.
+    fn renewal_failed(
+        &self,
+        key: &WorkloadKey,
+        current: Option<Arc<Svid>>,
+        error: &anyhow::Error,
+    ) -> Option<Arc<Svid>> {
+        let Some(svid) = current else {
+            tracing::warn!(
+                workload = %key,
+                error = %format!("{error:#}"),
+                "cannot obtain the workload SVID",
+            );
+            return None;
+        };
+        let labels = [svid.id().as_str(), &key.to_string()];
+        let left = svid.not_after().duration_since(SystemTime::now());
+        match left {
+            Ok(left) => {
+                self.metrics
+                    .renewal_failing
+                    .with_label_values(&labels)
+                    .set(1);
                 tracing::warn!(
                     workload = %key,
+                    expires_in = ?Duration::from_secs(left.as_secs()),
                     error = %format!("{error:#}"),
-                    "cannot obtain the workload SVID",
+                    "cannot renew the workload SVID; keeping the current one"
                 );
-                tokio::time::sleep(backoff.next_delay()).await;
+                Some(svid)
+            }
+            Err(_) => {
+                self.identities.remove(key);
+                tracing::error!(
+                    workload = %key,
+                    "the workload SVID expired and could not be renewed",
+                );
+                None
             }
         }
     }

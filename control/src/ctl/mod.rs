@@ -1,6 +1,10 @@
-//! `edgewardctl`, the operator CLI: join tokens, workloads, nodes and certificate inspection.
-//! It talks to the control API with the admin credential that the control plane wrote at its
-//! first start.
+//! `edgewardctl`, the operator CLI: join tokens, workloads, nodes, policies and certificate
+//! inspection. It talks to the control API with the admin credential that the control plane
+//! wrote at its first start.
+
+mod output;
+mod policy;
+mod workload;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,18 +12,33 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use edgeward_ca::{pem, tls, CertInfo, PeerPolicy, ServerVerifier, SharedBundle, SpiffeVerifier};
 use edgeward_ca::{CertSlot, Svid, TrustBundle};
 use edgeward_proto::v1;
 use edgeward_proto::v1::admin_client::AdminClient;
-use serde_json::json;
 use tonic::transport::Channel;
+
+pub use output::Output;
+pub use policy::PolicyCommand;
+pub use workload::WorkloadCommand;
 
 /// Operate an edgeward mesh.
 #[derive(Debug, Parser)]
 #[command(name = "edgewardctl", version, about)]
 pub struct Cli {
+    /// Where the control plane is and how to authenticate to it.
+    #[command(flatten)]
+    pub target: Target,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The control plane to talk to.
+#[derive(Debug, clap::Args)]
+pub struct Target {
     /// Address of the control API.
     #[arg(
         long,
@@ -37,10 +56,6 @@ pub struct Cli {
         default_value = "/var/lib/edgeward/control/admin"
     )]
     pub admin_dir: PathBuf,
-
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 /// The subcommands.
@@ -49,12 +64,15 @@ pub enum Command {
     /// Join tokens for new nodes.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Workloads in the registry.
+    /// Workloads, from the registry file and from the API.
     #[command(subcommand)]
-    Workload(ListCommand),
+    Workload(WorkloadCommand),
     /// Nodes that joined.
     #[command(subcommand)]
     Node(ListCommand),
+    /// Authorization policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Certificates.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -95,56 +113,41 @@ pub enum CertCommand {
     },
 }
 
-/// Output formats.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Output {
-    /// Aligned columns.
-    Table,
-    /// One JSON document.
-    Json,
-}
-
 /// Runs the CLI.
 pub async fn run(cli: Cli) -> Result<()> {
+    let target = &cli.target;
     match cli.command {
         Command::Cert(CertCommand::Inspect { file }) => inspect(&file),
         Command::Token(TokenCommand::Create { node, ttl }) => {
-            let mut client = connect(cli.control, &cli.admin_dir).await?;
+            let mut client = connect(target).await?;
             let reply = client
                 .create_join_token(v1::CreateJoinTokenRequest {
                     node_name: node,
                     ttl_seconds: ttl.as_secs().max(1),
                 })
                 .await
-                .map_err(status_error)?
+                .map_err(refused)?
                 .into_inner();
             println!("{}", reply.token);
             Ok(())
         }
-        Command::Workload(ListCommand::List { output }) => {
-            let mut client = connect(cli.control, &cli.admin_dir).await?;
-            let reply = client
-                .list_workloads(v1::ListWorkloadsRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print_workloads(&reply, output);
-            Ok(())
-        }
+        Command::Workload(command) => workload::run(target, command).await,
+        Command::Policy(command) => policy::run(target, command).await,
         Command::Node(ListCommand::List { output }) => {
-            let mut client = connect(cli.control, &cli.admin_dir).await?;
+            let mut client = connect(target).await?;
             let reply = client
                 .list_nodes(v1::ListNodesRequest {})
                 .await
-                .map_err(status_error)?
+                .map_err(refused)?
                 .into_inner();
-            print_nodes(&reply.nodes, output);
+            output::print_nodes(&reply.nodes, output);
             Ok(())
         }
     }
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+/// The error for a call the control plane refused, with its message and code.
+fn refused(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(
         "the control plane refused: {} ({:?})",
         status.message(),
@@ -152,7 +155,9 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
     )
 }
 
-async fn connect(addr: SocketAddr, admin_dir: &Path) -> Result<AdminClient<Channel>> {
+/// Opens an Admin client to the control plane with the admin credential.
+pub async fn connect(target: &Target) -> Result<AdminClient<Channel>> {
+    let (addr, admin_dir) = (target.control, &target.admin_dir);
     let svid = Svid::load(&admin_dir.join("admin.crt"), &admin_dir.join("admin.key"))
         .with_context(|| {
             format!(
@@ -172,95 +177,6 @@ async fn connect(addr: SocketAddr, admin_dir: &Path) -> Result<AdminClient<Chann
         .await
         .with_context(|| format!("cannot reach the control plane at {addr}"))?;
     Ok(AdminClient::new(channel))
-}
-
-fn print_workloads(reply: &v1::ListWorkloadsResponse, output: Output) {
-    match output {
-        Output::Json => {
-            let workloads: Vec<_> = reply
-                .workloads
-                .iter()
-                .map(|w| {
-                    json!({
-                        "name": w.name, "namespace": w.namespace,
-                        "service_account": w.service_account, "node": w.node,
-                        "addresses": w.addresses, "spiffe_id": w.spiffe_id,
-                    })
-                })
-                .collect();
-            let doc = json!({ "version": reply.version, "workloads": workloads });
-            println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
-        }
-        Output::Table => {
-            let rows = reply.workloads.iter().map(|w| {
-                vec![
-                    format!("{}/{}", w.namespace, w.name),
-                    w.node.clone(),
-                    w.addresses.join(","),
-                    w.spiffe_id.clone(),
-                ]
-            });
-            print_table(
-                &["WORKLOAD", "NODE", "ADDRESSES", "SPIFFE ID"],
-                rows.collect(),
-            );
-        }
-    }
-}
-
-fn print_nodes(nodes: &[v1::Node], output: Output) {
-    match output {
-        Output::Json => {
-            let nodes: Vec<_> = nodes
-                .iter()
-                .map(|n| {
-                    json!({
-                        "name": n.name, "spiffe_id": n.spiffe_id, "connected": n.connected,
-                        "tunnel_addresses": n.tunnel_addresses, "last_seen_unix": n.last_seen_unix,
-                    })
-                })
-                .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({ "nodes": nodes })).expect("json")
-            );
-        }
-        Output::Table => {
-            let rows = nodes.iter().map(|n| {
-                vec![
-                    n.name.clone(),
-                    if n.connected { "yes" } else { "no" }.to_string(),
-                    n.tunnel_addresses.join(","),
-                    n.spiffe_id.clone(),
-                ]
-            });
-            print_table(
-                &["NODE", "CONNECTED", "TUNNEL", "SPIFFE ID"],
-                rows.collect(),
-            );
-        }
-    }
-}
-
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
-    }
 }
 
 fn inspect(file: &Path) -> Result<()> {

@@ -1,0 +1,270 @@
+//! The TCP tunnel: TLS 1.3 over TCP to the peer's tcp/15008, HTTP/2 on top, one CONNECT stream
+//! per captured connection. Connections are pooled by [`PoolKey`]; each is pinged so a silent
+//! peer is dropped in bounded time, and each is closed at once when the local address it was
+//! made from disappears (a handover), so its streams fail fast instead of hanging.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use edgeward_ca::{tls, CertSlot, PeerPolicy, ServerVerifier, SharedBundle, SpiffeVerifier};
+use h2::client::SendRequest;
+use http::{Method, Request};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::h2io::{H2Reader, H2Writer};
+use super::preamble::Status;
+use super::stream::TunnelStream;
+use super::{PoolKey, StreamRequest, TunnelError, ALPN_H2, CONNECTION_WINDOW, ERROR_HEADER};
+use super::{MAX_FRAME, SOURCE_ADDR_HEADER, STREAM_WINDOW};
+use crate::metrics::Metrics;
+
+/// Liveness settings of TCP tunnels.
+#[derive(Debug, Clone)]
+pub struct TcpSettings {
+    /// Bound on connect, handshake and CONNECT exchange.
+    pub connect_timeout: Duration,
+    /// Interval of HTTP/2 PINGs.
+    pub ping_interval: Duration,
+    /// How long a PING may go unanswered.
+    pub ping_timeout: Duration,
+    /// Socket options.
+    pub keepalive: edgeward_proto::net::Keepalive,
+}
+
+struct Pooled {
+    sender: SendRequest<Bytes>,
+    generation: SystemTime,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
+
+/// Open TCP tunnel connections, by the local address they were made from.
+#[derive(Default)]
+struct Live {
+    next_id: AtomicU64,
+    by_id: Mutex<HashMap<u64, (IpAddr, Arc<Notify>)>>,
+}
+
+/// The pool of TCP tunnel connections.
+pub struct TcpPool {
+    slots: Mutex<HashMap<PoolKey, Slot>>,
+    live: Arc<Live>,
+    bundle: SharedBundle,
+    metrics: Metrics,
+    settings: TcpSettings,
+}
+
+impl TcpPool {
+    /// An empty pool.
+    pub fn new(bundle: SharedBundle, metrics: Metrics, settings: TcpSettings) -> Self {
+        Self {
+            slots: Mutex::default(),
+            live: Arc::default(),
+            bundle,
+            metrics,
+            settings,
+        }
+    }
+
+    /// Opens a CONNECT stream to `req.target` through the peer, reusing a pooled connection.
+    pub async fn open(&self, req: &StreamRequest) -> Result<TunnelStream, TunnelError> {
+        let sender = self.sender(req).await?;
+        let connect = Request::builder()
+            .method(Method::CONNECT)
+            .uri(req.target.to_string())
+            .header(SOURCE_ADDR_HEADER, req.client.to_string())
+            .body(())
+            .expect("a socket address is a valid authority");
+        let (response, send) = sender.clone().send_request(connect, false)?;
+        let response = tokio::time::timeout(self.settings.connect_timeout, response)
+            .await
+            .map_err(|_| TunnelError::Timeout("the CONNECT exchange"))??;
+        if response.status() != http::StatusCode::OK {
+            let message = response
+                .headers()
+                .get(ERROR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("no reason given")
+                .to_owned();
+            let reason = Status::from_http(response.status()).reason();
+            return Err(TunnelError::Refused { reason, message });
+        }
+        Ok(TunnelStream::H2(
+            H2Reader::new(response.into_body()),
+            H2Writer::new(send),
+        ))
+    }
+
+    /// Closes every tunnel connection made from one of `gone`: its streams fail now rather than
+    /// when the dead-peer bound runs out.
+    pub fn close_bound_to(&self, gone: &[IpAddr]) {
+        let by_id = self.live.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        for (local, closer) in by_id.values() {
+            if gone.contains(local) {
+                closer.notify_one();
+            }
+        }
+    }
+
+    /// A ready sender on the pooled connection, connecting first when there is none, the old
+    /// one has closed, or it was made with an older SVID. Callers for one key wait on each
+    /// other, so only one connection is made.
+    async fn sender(&self, req: &StreamRequest) -> Result<SendRequest<Bytes>, TunnelError> {
+        let (key, generation) = PoolKey::of(req);
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut pooled = slot.lock().await;
+        let mut reconnect = false;
+        if let Some(p) = pooled.as_ref().filter(|p| p.generation == generation) {
+            match p.sender.clone().ready().await {
+                Ok(ready) => return Ok(ready),
+                Err(error) => {
+                    tracing::debug!(%error, peer = %req.peer, "pooled tunnel closed");
+                    reconnect = true;
+                }
+            }
+        }
+        let sender = self.connect(req).await?;
+        if reconnect {
+            self.metrics.reconnect(&req.peer_node);
+        }
+        *pooled = Some(Pooled {
+            sender: sender.clone(),
+            generation,
+        });
+        Ok(sender.ready().await?)
+    }
+
+    async fn connect(&self, req: &StreamRequest) -> Result<SendRequest<Bytes>, TunnelError> {
+        let timeout = self.settings.connect_timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(req.peer))
+            .await
+            .map_err(|_| TunnelError::Timeout("connecting to the peer node"))?
+            .map_err(|source| TunnelError::Connect {
+                peer: req.peer,
+                source,
+            })?;
+        edgeward_proto::net::tune(&tcp, &self.settings.keepalive);
+        let local = tcp.local_addr().map(|a| a.ip()).ok();
+        let tls = self.handshake(req, tcp).await?;
+
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .handshake::<_, Bytes>(tls)
+            .await?;
+        tracing::debug!(peer = %req.peer, destination = %req.destination, "TCP tunnel open");
+        let closer = Arc::new(Notify::new());
+        let id = self.live.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(local) = local {
+            let mut by_id = self.live.by_id.lock().unwrap_or_else(|e| e.into_inner());
+            by_id.insert(id, (local, closer.clone()));
+        }
+        let driver = Driver {
+            peer_node: req.peer_node.clone(),
+            metrics: self.metrics.clone(),
+            settings: self.settings.clone(),
+            closer,
+        };
+        let live = self.live.clone();
+        tokio::spawn(async move {
+            driver.run(connection).await;
+            live.by_id
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
+        Ok(sender)
+    }
+
+    async fn handshake(
+        &self,
+        req: &StreamRequest,
+        tcp: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, TunnelError> {
+        let policy = PeerPolicy::Exact(req.destination.clone());
+        let verifier = SpiffeVerifier::new(self.bundle.clone(), policy)
+            .with_observer(self.metrics.handshake_observer("outbound"));
+        let client_cert = Arc::new(CertSlot::with(req.svid.certified_key()));
+        let config = tls::client_config(ServerVerifier(verifier), Some(client_cert), &[ALPN_H2]);
+        let sni = tls::sni_for(&req.destination);
+        let connect = TlsConnector::from(Arc::new(config)).connect(sni, tcp);
+        let result = tokio::time::timeout(self.settings.connect_timeout, connect)
+            .await
+            .map_err(|_| TunnelError::Timeout("the TLS handshake"))?;
+        result.map_err(|error| {
+            let reason = edgeward_ca::io_rejection_reason(&error);
+            if !edgeward_ca::is_verifier_refusal(&error) {
+                self.metrics.handshake_failed("outbound", reason);
+            }
+            TunnelError::Handshake {
+                peer: req.peer,
+                reason,
+                message: error.to_string(),
+            }
+        })
+    }
+}
+
+/// Runs one TCP tunnel connection.
+struct Driver {
+    peer_node: String,
+    metrics: Metrics,
+    settings: TcpSettings,
+    closer: Arc<Notify>,
+}
+
+impl Driver {
+    /// Drives the connection until it closes, pinging the peer (and recording the round trip)
+    /// so that a silent peer is dropped, which fails its streams instead of hanging them.
+    async fn run(self, mut connection: h2::client::Connection<TlsStream<TcpStream>, Bytes>) {
+        let Some(mut ping) = connection.ping_pong() else {
+            let _ = connection.await;
+            return;
+        };
+        self.metrics.tunnels_open.inc();
+        let keepalive = async {
+            loop {
+                tokio::time::sleep(self.settings.ping_interval).await;
+                let sent = tokio::time::Instant::now();
+                let pong = ping.ping(h2::Ping::opaque());
+                match tokio::time::timeout(self.settings.ping_timeout, pong).await {
+                    Ok(Ok(_)) => self.metrics.peer_rtt(&self.peer_node, sent.elapsed()),
+                    _ => return,
+                }
+            }
+        };
+        let peer = self.peer_node.as_str();
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(error) = result {
+                    tracing::debug!(peer, %error, "TCP tunnel ended with an error");
+                }
+            }
+            () = keepalive => {
+                self.metrics.keepalive_timeout(peer, "tcp");
+                tracing::warn!(
+                    peer,
+                    "tunnel peer stopped answering PINGs; dropping the connection",
+                );
+            }
+            () = self.closer.notified() => {
+                tracing::info!(peer, "local address gone; closing the TCP tunnel made from it");
+            }
+        }
+        self.metrics.tunnels_open.dec();
+    }
+}
