@@ -45,6 +45,16 @@ pub struct ControlConfig {
     )]
     pub svid_ttl: Duration,
 
+    /// The longest SVID lifetime a node may ask for (nodes ask for more than the default to
+    /// ride out long control-plane outages; see the proxy's availability target).
+    #[arg(
+        long,
+        env = "EDGEWARD_MAX_SVID_TTL",
+        default_value = "7d",
+        value_parser = humantime::parse_duration
+    )]
+    pub max_svid_ttl: Duration,
+
     /// Log format: "text" or "json".
     #[arg(long, env = "EDGEWARD_LOG_FORMAT", default_value = "text")]
     pub log_format: edgeward_proto::logging::LogFormat,

@@ -43,6 +43,15 @@ pub enum ChangeError {
     Refused(String),
 }
 
+/// Lifetimes of the SVIDs the control plane issues.
+#[derive(Debug, Clone, Copy)]
+pub struct SvidLifetimes {
+    /// When the node asks for none in particular.
+    pub default: Duration,
+    /// The most a node may ask for.
+    pub max: Duration,
+}
+
 /// Everything the services share.
 pub struct Hub {
     /// The trust domain served.
@@ -51,6 +60,8 @@ pub struct Hub {
     pub authority: Authority,
     /// Lifetime of workload and node SVIDs.
     pub svid_lifetime: Duration,
+    /// The longest SVID lifetime a node may ask for.
+    pub max_svid_lifetime: Duration,
     /// Counters and gauges.
     pub metrics: Metrics,
     core: Mutex<Core>,
@@ -84,7 +95,7 @@ impl Hub {
         authority: Authority,
         mut store: StateStore,
         file: Registry,
-        svid_lifetime: Duration,
+        lifetimes: SvidLifetimes,
         metrics: Metrics,
     ) -> Result<Arc<Self>, ChangeError> {
         let trust_domain = authority.trust_domain().clone();
@@ -97,7 +108,8 @@ impl Hub {
         let hub = Arc::new(Self {
             trust_domain,
             authority,
-            svid_lifetime,
+            svid_lifetime: lifetimes.default,
+            max_svid_lifetime: lifetimes.max,
             metrics,
             core: Mutex::new(Core {
                 store,

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::ca_files::{self, DataDir};
 use crate::config::ControlConfig;
-use crate::hub::{ChangeError, Hub};
+use crate::hub::{ChangeError, Hub, SvidLifetimes};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::service::Api;
@@ -48,7 +48,11 @@ pub async fn run(config: ControlConfig) -> Result<()> {
         None => (Registry::default(), Vec::new()),
     };
     let metrics = Metrics::new();
-    let hub = Hub::new(authority, state, registry, config.svid_ttl, metrics.clone())
+    let lifetimes = SvidLifetimes {
+        default: config.svid_ttl,
+        max: config.max_svid_ttl.max(config.svid_ttl),
+    };
+    let hub = Hub::new(authority, state, registry, lifetimes, metrics.clone())
         .context("cannot start the control plane")?;
     let shown_registry = config.registry.as_ref().map(|p| p.display().to_string());
     tracing::info!(

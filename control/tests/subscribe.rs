@@ -41,6 +41,7 @@ async fn start_control(data_dir: &Path) -> SocketAddr {
         listen,
         metrics_addr: free_port(),
         svid_ttl: Duration::from_secs(3600),
+        max_svid_ttl: Duration::from_secs(7200),
         log_format: edgeward_proto::logging::LogFormat::Text,
     };
     tokio::spawn(edgeward_control::run::run(config));

@@ -1,7 +1,7 @@
 //! The proxy's view of the mesh, built from the control plane's snapshot: workloads by address,
 //! nodes by name, and which workloads run here. Replaced whole on every snapshot.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -58,9 +58,11 @@ pub struct Workload {
     pub addresses: Vec<IpAddr>,
     /// Its SPIFFE ID.
     pub spiffe_id: SpiffeId,
+    /// Its labels, which authorization policies may select on.
+    pub labels: BTreeMap<String, String>,
 }
 
-/// The mesh as of one snapshot version.
+/// The mesh as of one version of the control plane's state.
 #[derive(Debug, Default)]
 pub struct Directory {
     /// The snapshot version; 0 before the first snapshot.
@@ -72,14 +74,20 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// Builds the view for `local_node` from a snapshot, refusing it whole if any entry is bad.
-    pub fn from_snapshot(snapshot: &v1::Snapshot, local_node: &str) -> Result<Self, SnapshotError> {
+    /// Builds the view for `local_node` from the workloads and nodes of one version, refusing
+    /// it whole if any entry is bad.
+    pub fn build<'a>(
+        version: u64,
+        workloads: impl IntoIterator<Item = &'a v1::Workload>,
+        nodes: impl IntoIterator<Item = &'a v1::Node>,
+        local_node: &str,
+    ) -> Result<Self, SnapshotError> {
         let mut dir = Self {
-            version: snapshot.version,
+            version,
             local_node: local_node.to_owned(),
             ..Self::default()
         };
-        for w in &snapshot.workloads {
+        for w in workloads {
             let workload = Arc::new(parse_workload(w)?);
             for ip in &workload.addresses {
                 dir.by_ip.insert(*ip, workload.clone());
@@ -88,7 +96,7 @@ impl Directory {
                 dir.local.push(workload);
             }
         }
-        for n in &snapshot.nodes {
+        for n in nodes {
             let addresses = n.tunnel_addresses.iter().map(|a| {
                 a.parse().map_err(|_| SnapshotError::BadNodeAddress {
                     node: n.name.clone(),
@@ -157,6 +165,7 @@ fn parse_workload(w: &v1::Workload) -> Result<Workload, SnapshotError> {
         node: w.node.clone(),
         addresses,
         spiffe_id,
+        labels: w.labels.clone(),
     })
 }
 
@@ -233,7 +242,11 @@ mod tests {
 
     #[test]
     fn indexes_workloads_and_nodes() {
-        let dir = Directory::from_snapshot(&snapshot(), "n1").unwrap();
+        let dir = {
+            let s = snapshot();
+            Directory::build(s.version, &s.workloads, &s.nodes, "n1")
+        }
+        .unwrap();
         assert_eq!(dir.version, 7);
         let b = dir.workload_at("198.18.2.10".parse().unwrap()).unwrap();
         assert_eq!(b.key.to_string(), "demo/b");
@@ -256,13 +269,13 @@ mod tests {
         let mut s = snapshot();
         s.workloads[1].spiffe_id = "spiffe://td/ns/demo/sa/b/".into();
         assert!(matches!(
-            Directory::from_snapshot(&s, "n1"),
+            Directory::build(s.version, &s.workloads, &s.nodes, "n1"),
             Err(SnapshotError::BadWorkload { .. })
         ));
         let mut s = snapshot();
         s.nodes[0].tunnel_addresses = vec!["nowhere".into()];
         assert!(matches!(
-            Directory::from_snapshot(&s, "n1"),
+            Directory::build(s.version, &s.workloads, &s.nodes, "n1"),
             Err(SnapshotError::BadNodeAddress { .. })
         ));
     }

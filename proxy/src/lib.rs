@@ -17,8 +17,10 @@ pub mod connection;
 pub mod directory;
 pub mod identity;
 pub mod inbound;
+pub mod mesh;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod relay;
 pub mod sockets;
 pub mod tunnel;
@@ -41,7 +43,9 @@ use crate::directory::SharedDirectory;
 use crate::identity::node::{self, StatePaths};
 use crate::identity::store::WorkloadFiles;
 use crate::identity::workloads::{self, Identities, IdentityDeps};
+use crate::mesh::{MeshCache, MeshState};
 use crate::metrics::Metrics;
+use crate::policy::SharedPolicies;
 use crate::tunnel::peers::PeerChoices;
 use crate::tunnel::pool::Tunnels;
 use crate::tunnel::quic::{self, QuicPool, QuicSettings};
@@ -55,6 +59,8 @@ pub struct Context {
     pub config: ProxyConfig,
     /// The view of the mesh.
     pub directory: SharedDirectory,
+    /// The authorization policies in force.
+    pub policies: SharedPolicies,
     /// SVIDs of local workloads.
     pub identities: Arc<Identities>,
     /// The trust bundle.
@@ -101,6 +107,7 @@ pub async fn run(config: ProxyConfig) -> Result<()> {
     let keepalive = keepalive(&config);
     let ctx = Arc::new(Context {
         directory: SharedDirectory::new(),
+        policies: SharedPolicies::default(),
         inbound_tls: Arc::new(inbound_tls(&bundle, identities.clone(), &metrics, ALPN_H2)),
         identities,
         tunnels: Arc::new(tunnels(&config, &bundle, &metrics, keepalive)?),
@@ -199,17 +206,20 @@ fn spawn_background(
     paths: StatePaths,
 ) -> Result<()> {
     let targets = WatchTargets {
+        node: ctx.config.node_name.clone(),
         directory: ctx.directory.clone(),
+        policies: ctx.policies.clone(),
         bundle: ctx.bundle.clone(),
         paths: paths.clone(),
+        cache: MeshCache::new(&ctx.config.state_dir),
         metrics: ctx.metrics.clone(),
     };
+    let state = cached_state(&targets);
     let addresses = ctx.config.tunnel_addresses();
-    let name = ctx.config.node_name.clone();
     tokio::spawn(watch::watch_forever(
         channel.clone(),
-        name,
         addresses,
+        state,
         targets,
     ));
     let deps = IdentityDeps {
@@ -231,6 +241,29 @@ fn spawn_background(
         ctx.config.availability_target,
     ));
     Ok(())
+}
+
+/// The mesh state cached by the last run, put in force at once so the proxy serves even if the
+/// control plane is away. A corrupt cache is set aside and the state fetched afresh.
+fn cached_state(targets: &WatchTargets) -> MeshState {
+    match targets.cache.load() {
+        Ok(Some(state)) if watch::publish(&state, targets) => {
+            tracing::info!(
+                version = state.version,
+                "serving from the cached mesh state"
+            );
+            state
+        }
+        Ok(_) => MeshState::default(),
+        Err(error) => {
+            tracing::error!(
+                %error,
+                "the cached mesh state is unusable; set aside, fetching it afresh"
+            );
+            targets.cache.set_aside();
+            MeshState::default()
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {

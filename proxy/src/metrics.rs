@@ -8,6 +8,9 @@ pub struct Metrics {
     registry: edgeward_proto::metrics::Metrics,
     /// Connections accepted, by direction (outbound, inbound, passthrough).
     pub opened: IntCounterVec,
+    /// Authorization decisions on inbound streams, by decision (allow, deny) and rule (a
+    /// policy name or `default:<namespace>`).
+    pub policy_decisions: IntCounterVec,
     /// Connections ended, by direction and result (ok, reset, error).
     pub closed: IntCounterVec,
     /// Connections refused or failed before carrying data, by direction and reason.
@@ -52,6 +55,11 @@ impl Metrics {
                 "connections_opened_total",
                 "Connections accepted",
                 &["direction"],
+            ),
+            policy_decisions: r.counter(
+                "policy_decisions_total",
+                "Authorization decisions on inbound streams",
+                &["decision", "rule"],
             ),
             closed: r.counter(
                 "connections_closed_total",
@@ -124,6 +132,13 @@ impl Metrics {
     /// The counter of bytes for one direction and flow, resolved once per connection.
     pub fn bytes_counter(&self, direction: &str, flow: &str) -> IntCounter {
         self.bytes.with_label_values(&[direction, flow])
+    }
+
+    /// Counts an authorization decision.
+    pub fn policy_decision(&self, decision: &str, rule: &str) {
+        self.policy_decisions
+            .with_label_values(&[decision, rule])
+            .inc();
     }
 
     /// Counts a failed TLS handshake.

@@ -471,6 +471,7 @@ fn sign_request(name: &str, csr_pem: &str) -> SignWorkloadRequest {
         namespace: "demo".into(),
         name: name.into(),
         csr_pem: csr_pem.into(),
+        requested_ttl_seconds: 0,
     }
 }
 

@@ -65,7 +65,10 @@ impl Fixture {
             authority,
             store,
             registry,
-            Duration::from_secs(3600),
+            crate::hub::SvidLifetimes {
+                default: Duration::from_secs(3600),
+                max: Duration::from_secs(7200),
+            },
             Metrics::new(),
         )
     }

@@ -33,7 +33,7 @@ impl Identity for Api {
                 Status::invalid_argument(e.to_string()),
             )
         })?;
-        let svid = self.sign("Join", &req.csr_pem, &id, "node")?;
+        let svid = self.sign("Join", &req.csr_pem, &id, "node", 0)?;
         self.hub
             .complete_join(&token_id, &req.node_name, now)
             .map_err(|e| change_refused(self, "Join", e))?;
@@ -51,7 +51,14 @@ impl Identity for Api {
             .trust_domain
             .node_id(&node)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let svid = self.sign("RenewNode", &req.get_ref().csr_pem, &id, "node")?;
+        let req = req.into_inner();
+        let svid = self.sign(
+            "RenewNode",
+            &req.csr_pem,
+            &id,
+            "node",
+            req.requested_ttl_seconds,
+        )?;
         Ok(Response::new(svid))
     }
 
@@ -79,6 +86,7 @@ impl Identity for Api {
             &req.csr_pem,
             &workload.spiffe_id,
             "workload",
+            req.requested_ttl_seconds,
         )?;
         Ok(Response::new(svid))
     }

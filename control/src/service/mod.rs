@@ -7,7 +7,7 @@ mod identity;
 mod registry;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use edgeward_ca::{spiffe_id_of, IdKind, IssueError, SpiffeId};
 use edgeward_proto::v1;
@@ -86,7 +86,12 @@ impl Api {
         csr_pem: &str,
         id: &SpiffeId,
         kind: &str,
+        requested_ttl_seconds: u64,
     ) -> Result<v1::SvidResponse, Status> {
+        let lifetime = match requested_ttl_seconds {
+            0 => self.hub.svid_lifetime,
+            s => Duration::from_secs(s).min(self.hub.max_svid_lifetime),
+        };
         let csr = edgeward_ca::pem::decode_one(csr_pem, "CERTIFICATE REQUEST").map_err(|e| {
             let msg = format!("the CSR is not PEM: {e}");
             self.refuse(call, "malformed_csr", Status::invalid_argument(msg))
@@ -94,7 +99,7 @@ impl Api {
         let issued = self
             .hub
             .authority
-            .issue(&csr, id, self.hub.svid_lifetime, SystemTime::now())
+            .issue(&csr, id, lifetime, SystemTime::now())
             .map_err(|e| self.issue_error(call, e))?;
         self.hub.metrics.issued.with_label_values(&[kind]).inc();
         tracing::info!(call, spiffe_id = %id, "issued an SVID");

@@ -211,7 +211,7 @@ pub async fn renew_forever(
         let lifetime = na.duration_since(nb).unwrap_or_default();
         tokio::time::sleep(renewal::delay_until(at, lifetime, SystemTime::now())).await;
         loop {
-            match renew_once(&channel, &paths, &bundle).await {
+            match renew_once(&channel, &paths, &bundle, availability_target).await {
                 Ok(svid) => {
                     node.replace(&svid);
                     metrics
@@ -238,11 +238,17 @@ pub async fn renew_forever(
     }
 }
 
-async fn renew_once(channel: &Channel, paths: &StatePaths, bundle: &SharedBundle) -> Result<Svid> {
+async fn renew_once(
+    channel: &Channel,
+    paths: &StatePaths,
+    bundle: &SharedBundle,
+    availability_target: Duration,
+) -> Result<Svid> {
     let key = PrivateKey::generate()?;
     let reply = IdentityClient::new(channel.clone())
         .renew_node(v1::RenewNodeRequest {
             csr_pem: key.csr_pem()?,
+            requested_ttl_seconds: renewal::requested_lifetime(availability_target).as_secs(),
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;

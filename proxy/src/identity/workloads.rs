@@ -303,6 +303,7 @@ async fn request(key: &WorkloadKey, deps: &IdentityDeps) -> Result<Svid> {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             csr_pem: private_key.csr_pem()?,
+            requested_ttl_seconds: renewal::requested_lifetime(deps.availability_target).as_secs(),
         })
         .await
         .map_err(|s| anyhow::anyhow!("the control plane refused: {}", s.message()))?;

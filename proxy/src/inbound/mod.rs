@@ -73,6 +73,18 @@ pub async fn admit(
             record.source(source);
         }
     }
+    let decision = crate::policy::authorize(
+        &ctx.policies,
+        &ctx.metrics,
+        &peers.client,
+        &destination,
+        &record,
+    );
+    if !decision.is_allowed() {
+        record.emit("denied", Some(decision.reason()), 0, 0);
+        let message = format!("denied by authorization policy {}", decision.rule);
+        return Err(refuse(ctx, Status::Denied, message));
+    }
     ctx.metrics.opened.with_label_values(&["inbound"]).inc();
 
     let connect = tokio::time::timeout(ctx.config.connect_timeout, TcpStream::connect(target));
