@@ -348,17 +348,16 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn store() -> (StateStore, PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("ew-state-{}-{}", std::process::id(), random_hex(4)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("state.json");
-        (StateStore::open(&path).unwrap(), path)
+    /// A store in a temporary directory, removed when the returned guard drops.
+    fn store() -> (StateStore, PathBuf, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        (StateStore::open(&path).unwrap(), path, dir)
     }
 
     #[test]
     fn a_token_joins_once_for_its_node_before_expiry() {
-        let (mut s, path) = store();
+        let (mut s, path, _dir) = store();
         let (token, expires) = s
             .create_token("node-1", Duration::from_secs(60), 1000)
             .unwrap();
@@ -390,7 +389,7 @@ mod tests {
 
     #[test]
     fn forged_and_malformed_tokens_are_refused() {
-        let (mut s, _) = store();
+        let (mut s, _, _dir) = store();
         let (token, _) = s.create_token("node-1", DEFAULT_TOKEN_TTL, 0).unwrap();
         let forged = format!("{}0", &token[..token.len() - 1]);
         let forged = if forged == token {
@@ -413,7 +412,7 @@ mod tests {
 
     #[test]
     fn corrupt_state_is_refused_with_the_file_named() {
-        let (_, path) = store();
+        let (_, path, _dir) = store();
         std::fs::write(&path, b"{ not json").unwrap();
         let e = StateStore::open(&path).unwrap_err().to_string();
         assert!(
