@@ -7,7 +7,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "tests/run.sh: the end-to-end tests need root (network namespaces, veth, iptables);" >&2
-    echo "run it as root, e.g. sudo bash tests/run.sh" >&2
+    echo "run it as root: bash tests/run.sh" >&2
     exit 1
 fi
 

@@ -9,7 +9,7 @@ use clap::Parser;
 
 /// The embedded control plane: CA, node join, workloads, policies and update streams.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "edgeward-control", version, about)]
+#[command(name = "edgeward-control", version)]
 pub struct ControlConfig {
     /// Directory for the CA, the state file and the operator credential.
     #[arg(

@@ -7,7 +7,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "deploy/local/demo.sh: the demo needs root (network namespaces, veth, iptables);" >&2
-    echo "run it as root, e.g. sudo bash deploy/local/demo.sh" >&2
+    echo "run it as root: bash deploy/local/demo.sh" >&2
     exit 1
 fi
 

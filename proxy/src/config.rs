@@ -31,7 +31,7 @@ pub enum TunnelTransport {
 
 /// The node proxy: captures pod traffic and tunnels it over mutual TLS to the destination node.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "edgeward-proxy", version, about)]
+#[command(name = "edgeward-proxy", version)]
 pub struct ProxyConfig {
     /// This node's name, as the registry and the join token know it.
     #[arg(long, env = "EDGEWARD_NODE_NAME")]

@@ -25,7 +25,7 @@ pub use workload::WorkloadCommand;
 
 /// Operate an edgeward mesh.
 #[derive(Debug, Parser)]
-#[command(name = "edgewardctl", version, about)]
+#[command(name = "edgewardctl", version)]
 pub struct Cli {
     /// Where the control plane is and how to authenticate to it.
     #[command(flatten)]
