@@ -33,7 +33,11 @@ pub struct ControlConfig {
     pub listen: SocketAddr,
 
     /// Address of the Prometheus endpoint (GET /metrics); localhost unless you need otherwise.
-    #[arg(long, env = "EDGEWARD_CONTROL_METRICS_ADDR", default_value = "127.0.0.1:15014")]
+    #[arg(
+        long,
+        env = "EDGEWARD_CONTROL_METRICS_ADDR",
+        default_value = "127.0.0.1:15014"
+    )]
     pub metrics_addr: SocketAddr,
 
     /// Lifetime of node and workload SVIDs, such as "24h" or "90s".

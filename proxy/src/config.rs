@@ -29,6 +29,15 @@ pub enum TunnelTransport {
     Tcp,
 }
 
+/// The congestion controller of QUIC tunnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Congestion {
+    /// CUBIC, loss-based, as Linux TCP.
+    Cubic,
+    /// BBR, model-based: keeps its rate under random loss (quinn marks it experimental).
+    Bbr,
+}
+
 /// The node proxy: captures pod traffic and tunnels it over mutual TLS to the destination node.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "edgeward-proxy", version)]
@@ -147,6 +156,16 @@ pub struct ProxyConfig {
         value_parser = humantime::parse_duration
     )]
     pub quic_idle_timeout: Duration,
+
+    /// Congestion controller of QUIC tunnels: bbr (the default: under random loss it keeps its
+    /// rate where CUBIC collapses, see BENCHMARKS.md) or cubic.
+    #[arg(
+        long,
+        env = "EDGEWARD_QUIC_CONGESTION",
+        value_enum,
+        default_value = "bbr"
+    )]
+    pub quic_congestion: Congestion,
 
     /// How long a QUIC handshake, or a QUIC path that stopped answering, may take before a
     /// connection falls back to TCP (auto transport only).

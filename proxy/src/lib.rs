@@ -163,6 +163,15 @@ fn keepalive(config: &ProxyConfig) -> Keepalive {
     }
 }
 
+fn quic_settings(config: &ProxyConfig) -> QuicSettings {
+    QuicSettings {
+        idle_timeout: config.quic_idle_timeout,
+        probe_timeout: config.quic_probe_timeout,
+        connect_timeout: config.connect_timeout,
+        congestion: config.quic_congestion,
+    }
+}
+
 fn tunnels(
     config: &ProxyConfig,
     bundle: &SharedBundle,
@@ -187,11 +196,7 @@ fn tunnels(
         unspecified,
         bundle.clone(),
         metrics.clone(),
-        QuicSettings {
-            idle_timeout: config.quic_idle_timeout,
-            probe_timeout: config.quic_probe_timeout,
-            connect_timeout: config.connect_timeout,
-        },
+        quic_settings(config),
     )
     .context("cannot open the QUIC client socket")?;
     let choices = PeerChoices::new(config.tunnel_transport, config.quic_reprobe_interval);
@@ -279,7 +284,7 @@ async fn start_listeners(ctx: &Arc<Context>) -> Result<Option<CaptureRules>> {
     let outbound = bind(config.outbound_listen, "outbound capture").await?;
     let tunnel = bind(config.tunnel_listen, "tunnel").await?;
     let quic_tls = inbound_tls(&ctx.bundle, ctx.identities.clone(), &ctx.metrics, ALPN_QUIC);
-    let quic = quic::server_endpoint(config.tunnel_listen, quic_tls, config.quic_idle_timeout)
+    let quic = quic::server_endpoint(config.tunnel_listen, quic_tls, &quic_settings(config))
         .with_context(|| format!("cannot listen on udp {} (tunnel)", config.tunnel_listen))?;
     let metrics = bind(config.metrics_addr, "metrics").await?;
     let ready = bind(config.ready_addr, "readiness").await?;

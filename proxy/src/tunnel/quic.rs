@@ -16,12 +16,15 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use edgeward_ca::{tls, CertSlot, PeerPolicy, ServerVerifier, SharedBundle, SpiffeVerifier};
+use quinn::congestion::{BbrConfig, CubicConfig};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, ConnectionError, Endpoint, IdleTimeout, TransportConfig, VarInt};
+use tokio::time::Instant;
 
 use super::preamble::{self, Status};
 use super::stream::TunnelStream;
 use super::{PoolKey, StreamRequest, TunnelError, ALPN_QUIC, CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::config::Congestion;
 use crate::metrics::Metrics;
 
 /// Magic of the idle-timeout announcement on the first unidirectional stream.
@@ -42,10 +45,12 @@ pub struct QuicSettings {
     pub probe_timeout: Duration,
     /// Bound on the whole CONNECT exchange.
     pub connect_timeout: Duration,
+    /// The congestion controller.
+    pub congestion: Congestion,
 }
 
 /// The transport parameters of every tunnel connection, both sides.
-pub fn transport_config(idle_timeout: Duration) -> TransportConfig {
+pub fn transport_config(idle_timeout: Duration, congestion: Congestion) -> TransportConfig {
     let mut t = TransportConfig::default();
     let idle = IdleTimeout::try_from(idle_timeout).unwrap_or(IdleTimeout::from(VarInt::MAX));
     t.max_idle_timeout(Some(idle));
@@ -55,6 +60,10 @@ pub fn transport_config(idle_timeout: Duration) -> TransportConfig {
     t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     t.send_window(u64::from(CONNECTION_WINDOW));
+    match congestion {
+        Congestion::Cubic => t.congestion_controller_factory(Arc::new(CubicConfig::default())),
+        Congestion::Bbr => t.congestion_controller_factory(Arc::new(BbrConfig::default())),
+    };
     t
 }
 
@@ -62,11 +71,12 @@ pub fn transport_config(idle_timeout: Duration) -> TransportConfig {
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
-    idle_timeout: Duration,
+    settings: &QuicSettings,
 ) -> std::io::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(idle_timeout)));
+    let transport = transport_config(settings.idle_timeout, settings.congestion);
+    config.transport_config(Arc::new(transport));
     config.migration(true);
     Endpoint::server(config, addr)
 }
@@ -245,7 +255,8 @@ impl QuicPool {
         let rustls = tls::client_config(ServerVerifier(verifier), Some(client_cert), &[ALPN_QUIC]);
         let crypto = QuicClientConfig::try_from(rustls).map_err(|e| quic(req, e))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config(self.settings.idle_timeout)));
+        let transport = transport_config(self.settings.idle_timeout, self.settings.congestion);
+        config.transport_config(Arc::new(transport));
         Ok(config)
     }
 
@@ -332,13 +343,15 @@ pub struct Maintenance {
 impl Maintenance {
     /// Runs until the connection closes.
     pub async fn run(self) {
-        let interval = self.keepalive_interval().await;
-        tracing::debug!(peer = %self.peer, ?interval, "QUIC keep-alive interval");
+        let negotiated = self.negotiated_idle_timeout().await;
+        let interval = (negotiated / 3).max(MIN_KEEPALIVE);
+        tracing::debug!(peer = %self.peer, ?negotiated, ?interval, "QUIC keep-alive interval");
         let drain = drain_datagrams(self.connection.clone());
         tokio::pin!(drain);
         let mut keepalive = tokio::time::interval(interval);
         let mut stats = tokio::time::interval(STATS_INTERVAL);
         let (mut lost, mut remote) = (0, self.connection.remote_address());
+        let mut heard = (self.connection.stats().udp_rx.datagrams, Instant::now());
         loop {
             tokio::select! {
                 _ = keepalive.tick() => {
@@ -349,6 +362,9 @@ impl Maintenance {
                 }
                 _ = stats.tick() => {
                     self.record_stats(&mut lost, &mut remote);
+                    if self.silent_for_too_long(&mut heard, negotiated) {
+                        break;
+                    }
                 }
                 () = &mut drain => {}
                 reason = self.connection.closed() => {
@@ -362,9 +378,28 @@ impl Maintenance {
         }
     }
 
+    /// Closes the connection when nothing at all has arrived from the peer for the negotiated
+    /// idle timeout. QUIC's own idle timer restarts when a keep-alive goes out after the last
+    /// packet received, so on its own it notices a dead peer only up to one keep-alive interval
+    /// late; this keeps the dead-peer bound at the idle timeout.
+    fn silent_for_too_long(&self, heard: &mut (u64, Instant), limit: Duration) -> bool {
+        let received = self.connection.stats().udp_rx.datagrams;
+        if received != heard.0 {
+            *heard = (received, Instant::now());
+            return false;
+        }
+        if heard.1.elapsed() < limit {
+            return false;
+        }
+        self.connection.close(VarInt::from_u32(0), b"peer silent");
+        self.metrics.keepalive_timeout(&self.peer, "quic");
+        tracing::warn!(peer = %self.peer, silent = ?limit, "QUIC tunnel peer went silent; closed");
+        true
+    }
+
     /// Announces our idle timeout and learns the peer's; keep-alives go at a third of the
     /// smaller, so neither side's timer can expire on an idle but healthy tunnel.
-    async fn keepalive_interval(&self) -> Duration {
+    async fn negotiated_idle_timeout(&self) -> Duration {
         let ours = self.idle_timeout.as_millis() as u64;
         let announce = async {
             let mut s = self.connection.open_uni().await.ok()?;
@@ -386,7 +421,7 @@ impl Maintenance {
             Ok(Some(t)) if t > 0 => ours.min(t),
             _ => ours,
         };
-        (Duration::from_millis(negotiated) / 3).max(MIN_KEEPALIVE)
+        Duration::from_millis(negotiated)
     }
 
     fn record_stats(&self, lost: &mut u64, remote: &mut SocketAddr) {

@@ -41,6 +41,8 @@ pub struct TcpSettings {
 struct Pooled {
     sender: SendRequest<Bytes>,
     generation: SystemTime,
+    /// Asks the connection's driver to check the peer now.
+    check: Arc<Notify>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
@@ -75,7 +77,7 @@ impl TcpPool {
 
     /// Opens a CONNECT stream to `req.target` through the peer, reusing a pooled connection.
     pub async fn open(&self, req: &StreamRequest) -> Result<TunnelStream, TunnelError> {
-        let sender = self.sender(req).await?;
+        let (sender, check) = self.sender(req).await?;
         let connect = Request::builder()
             .method(Method::CONNECT)
             .uri(req.target.to_string())
@@ -83,9 +85,14 @@ impl TcpPool {
             .body(())
             .expect("a socket address is a valid authority");
         let (response, send) = sender.clone().send_request(connect, false)?;
-        let response = tokio::time::timeout(self.settings.connect_timeout, response)
-            .await
-            .map_err(|_| TunnelError::Timeout("the CONNECT exchange"))??;
+        // The peer dials the pod within the connect timeout and then answers either way; no
+        // answer by twice that means the tunnel itself may be dead, which the driver now checks.
+        let limit = self.settings.connect_timeout * 2;
+        let Ok(response) = tokio::time::timeout(limit, response).await else {
+            check.notify_one();
+            return Err(TunnelError::Timeout("the CONNECT exchange"));
+        };
+        let response = response?;
         if response.status() != http::StatusCode::OK {
             let message = response
                 .headers()
@@ -116,7 +123,10 @@ impl TcpPool {
     /// A ready sender on the pooled connection, connecting first when there is none, the old
     /// one has closed, or it was made with an older SVID. Callers for one key wait on each
     /// other, so only one connection is made.
-    async fn sender(&self, req: &StreamRequest) -> Result<SendRequest<Bytes>, TunnelError> {
+    async fn sender(
+        &self,
+        req: &StreamRequest,
+    ) -> Result<(SendRequest<Bytes>, Arc<Notify>), TunnelError> {
         let (key, generation) = PoolKey::of(req);
         let slot = self
             .slots
@@ -129,25 +139,29 @@ impl TcpPool {
         let mut reconnect = false;
         if let Some(p) = pooled.as_ref().filter(|p| p.generation == generation) {
             match p.sender.clone().ready().await {
-                Ok(ready) => return Ok(ready),
+                Ok(ready) => return Ok((ready, p.check.clone())),
                 Err(error) => {
                     tracing::debug!(%error, peer = %req.peer, "pooled tunnel closed");
                     reconnect = true;
                 }
             }
         }
-        let sender = self.connect(req).await?;
+        let (sender, check) = self.connect(req).await?;
         if reconnect {
             self.metrics.reconnect(&req.peer_node);
         }
         *pooled = Some(Pooled {
             sender: sender.clone(),
             generation,
+            check: check.clone(),
         });
-        Ok(sender.ready().await?)
+        Ok((sender.ready().await?, check))
     }
 
-    async fn connect(&self, req: &StreamRequest) -> Result<SendRequest<Bytes>, TunnelError> {
+    async fn connect(
+        &self,
+        req: &StreamRequest,
+    ) -> Result<(SendRequest<Bytes>, Arc<Notify>), TunnelError> {
         let timeout = self.settings.connect_timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(req.peer))
             .await
@@ -173,11 +187,13 @@ impl TcpPool {
             let mut by_id = self.live.by_id.lock().unwrap_or_else(|e| e.into_inner());
             by_id.insert(id, (local, closer.clone()));
         }
+        let check = Arc::new(Notify::new());
         let driver = Driver {
             peer_node: req.peer_node.clone(),
             metrics: self.metrics.clone(),
             settings: self.settings.clone(),
             closer,
+            check: check.clone(),
         };
         let live = self.live.clone();
         tokio::spawn(async move {
@@ -187,7 +203,7 @@ impl TcpPool {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
         });
-        Ok(sender)
+        Ok((sender, check))
     }
 
     async fn handshake(
@@ -225,7 +241,11 @@ struct Driver {
     metrics: Metrics,
     settings: TcpSettings,
     closer: Arc<Notify>,
+    check: Arc<Notify>,
 }
+
+/// How long a PING asked for out of turn (after a stream got no answer) may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Driver {
     /// Drives the connection until it closes, pinging the peer (and recording the round trip)
@@ -238,10 +258,14 @@ impl Driver {
         self.metrics.tunnels_open.inc();
         let keepalive = async {
             loop {
-                tokio::time::sleep(self.settings.ping_interval).await;
+                let (interval, timeout) = (self.settings.ping_interval, self.settings.ping_timeout);
+                let limit = tokio::select! {
+                    () = tokio::time::sleep(interval) => timeout,
+                    () = self.check.notified() => CHECK_TIMEOUT.min(timeout),
+                };
                 let sent = tokio::time::Instant::now();
                 let pong = ping.ping(h2::Ping::opaque());
-                match tokio::time::timeout(self.settings.ping_timeout, pong).await {
+                match tokio::time::timeout(limit, pong).await {
                     Ok(Ok(_)) => self.metrics.peer_rtt(&self.peer_node, sent.elapsed()),
                     _ => return,
                 }
