@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests and the local demo need, as root, and only what is
-# missing: iproute2, iptables, tcpdump and protoc from Debian, and a Python virtual
-# environment with grpcio at <target>/edgeward-pyenv. Safe to run again and again.
+# missing: iproute2, iptables, ethtool, tcpdump, protoc, gcc and python3 (with venv) from
+# Debian, and a Python virtual environment with grpcio at <target>/edgeward-pyenv. Safe to run
+# again and again.
 set -euo pipefail
-# iptables, tcpdump and ip live in sbin, which a non-login root shell may not have on PATH.
+# iptables, ethtool, tcpdump and ip live in sbin, which a non-login root shell may lack on PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -21,8 +22,11 @@ requirements=$repo/tests/apps/requirements.txt
 declare -A package_of=(
     [ip]=iproute2
     [iptables]=iptables
+    [ethtool]=ethtool
     [tcpdump]=tcpdump
     [protoc]=protobuf-compiler
+    [cc]=gcc
+    [python3]=python3
 )
 missing=()
 for command in "${!package_of[@]}"; do
@@ -33,6 +37,13 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's own python3 keeps venv in a package of its own.
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    echo "setup: installing python3-venv"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
 fi
 
 # The Python gRPC peers, in a virtual environment of their own.

@@ -29,11 +29,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let prefix = format!(".{}.tmp", name.to_string_lossy());
+    let tmp = dir.join(format!("{prefix}{}", std::process::id()));
+    remove_stale_temporaries(dir, &prefix, &tmp);
 
     let mut file = OpenOptions::new()
         .write(true)
@@ -49,6 +47,19 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 
     fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
+}
+
+/// Removes temporary files that an earlier process, killed mid-write, left beside the target.
+fn remove_stale_temporaries(dir: &Path, prefix: &str, ours: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(prefix);
+        if stale && entry.path() != ours {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Creates a directory (and its parents) that only the owner may enter.
@@ -67,6 +78,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ew-files-{}", std::process::id()));
         create_private_dir(&dir).unwrap();
         let path = dir.join("key.pem");
+        fs::write(dir.join(".key.pem.tmp1"), b"left by a killed writer").unwrap();
         write_secret(&path, b"one").unwrap();
         write_secret(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");

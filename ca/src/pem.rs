@@ -30,6 +30,29 @@ pub fn decode_certs(text: &str) -> Result<Vec<CertificateDer<'static>>, PemError
     Ok(blocks.into_iter().map(CertificateDer::from).collect())
 }
 
+/// Splits a file holding one `PRIVATE KEY` block and one or more `CERTIFICATE` blocks (in any
+/// order) into the key, re-encoded as PEM, and the certificates.
+pub fn split_key_and_certs(text: &str) -> Result<(String, Vec<CertificateDer<'static>>), PemError> {
+    let blocks = pem::parse_many(text).map_err(|e| PemError::Malformed(e.to_string()))?;
+    let (mut keys, mut certs) = (Vec::new(), Vec::new());
+    for block in blocks {
+        match block.tag() {
+            "PRIVATE KEY" => keys.push(pem::encode(&block)),
+            "CERTIFICATE" => certs.push(CertificateDer::from(block.into_contents())),
+            other => {
+                let what = format!("found a {other} block beside the key and certificates");
+                return Err(PemError::Malformed(what));
+            }
+        }
+    }
+    match (keys.len(), certs.is_empty()) {
+        (0, _) => Err(PemError::Missing("PRIVATE KEY")),
+        (_, true) => Err(PemError::Missing("CERTIFICATE")),
+        (1, false) => Ok((keys.remove(0), certs)),
+        (n, _) => Err(PemError::Malformed(format!("{n} private keys in one file"))),
+    }
+}
+
 /// Decodes the single block with the given tag.
 pub fn decode_one(text: &str, tag: &'static str) -> Result<Vec<u8>, PemError> {
     let mut blocks = decode_all(text, tag)?;

@@ -143,6 +143,27 @@ impl Svid {
         crate::files::write_public(cert_path, crate::pem::encode_certs(&self.chain).as_bytes())
     }
 
+    /// Writes the key and the chain into one file (0600), atomically: a crash leaves the old
+    /// pair or the new one, never a key beside a certificate that is not its own.
+    pub fn save_combined(&self, path: &Path) -> std::io::Result<()> {
+        let text = self.key.to_pem() + &crate::pem::encode_certs(&self.chain);
+        crate::files::write_secret(path, text.as_bytes())
+    }
+
+    /// Loads an SVID written by [`Svid::save_combined`].
+    pub fn load_combined(path: &Path) -> Result<Self, SvidSetupError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SvidSetupError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let (key, certs) =
+            crate::pem::split_key_and_certs(&text).map_err(|e| SvidSetupError::Pem(shown, e))?;
+        let key = PrivateKey::from_pem(&key)?;
+        let id = CertInfo::parse(certs.first().ok_or(SvidSetupError::EmptyChain)?)?.spiffe_id()?;
+        Self::new(id, certs, key)
+    }
+
     /// The chain and key in the form rustls presents.
     pub fn certified_key(&self) -> Arc<CertifiedKey> {
         self.certified.clone()

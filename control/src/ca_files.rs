@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use edgeward_ca::pem;
+use edgeward_ca::TrustDomain;
 use edgeward_ca::{files, Authority, GeneratedHierarchy, PrivateKey, SpiffeId, Svid, TrustBundle};
-use edgeward_ca::{CertInfo, TrustDomain};
 
 /// Lifetime of the operator credential: 90 days (renewed at start when less than 30 remain).
 pub const ADMIN_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -111,12 +111,12 @@ pub fn ensure_admin_credential(dir: &DataDir, authority: &Authority) -> Result<(
     let admin = dir.admin_dir();
     files::create_private_dir(&admin)?;
     let (cert, key) = (admin.join("admin.crt"), admin.join("admin.key"));
-    let fresh = std::fs::read(&cert)
-        .ok()
-        .and_then(|pem_bytes| pem::decode_certs(&String::from_utf8_lossy(&pem_bytes)).ok())
-        .and_then(|chain| CertInfo::parse(chain.first()?).ok())
-        .is_some_and(|info| info.not_after > SystemTime::now() + ADMIN_RENEW_BEFORE);
-    if !fresh || !key.exists() {
+    // The key and the certificate are two files (operators' tools expect that), so a crash
+    // between their writes can leave a mismatched pair: anything that does not load as a pair
+    // is issued again.
+    let fresh = Svid::load(&cert, &key)
+        .is_ok_and(|svid| svid.not_after() > SystemTime::now() + ADMIN_RENEW_BEFORE);
+    if !fresh {
         let id = authority.trust_domain().admin_id();
         issue_local(authority, &id, ADMIN_LIFETIME)?.save(&cert, &key)?;
         tracing::info!(path = %admin.display(), "wrote the operator credential");

@@ -202,6 +202,25 @@ fn policy_from_proto(p: &v1::Policy) -> Result<Policy, String> {
     Policy::new(&p.name, action, source, destination).map_err(|e| at(e.to_string()))
 }
 
+/// The first bytes of a cache file (format version 1).
+const CACHE_MAGIC: &[u8; 4] = b"EWM1";
+
+/// The protobuf payload of a cache file, once its magic and digest check out.
+fn checked_payload(bytes: &[u8]) -> Result<&[u8], &'static str> {
+    let rest = bytes
+        .strip_prefix(CACHE_MAGIC)
+        .ok_or("not an edgeward mesh cache")?;
+    if rest.len() < 32 {
+        return Err("cut short");
+    }
+    let (digest, payload) = rest.split_at(32);
+    let actual = ring::digest::digest(&ring::digest::SHA256, payload);
+    if actual.as_ref() != digest {
+        return Err("its checksum does not match: damaged or cut short");
+    }
+    Ok(payload)
+}
+
 /// The cache file of the mesh state.
 #[derive(Debug, Clone)]
 pub struct MeshCache {
@@ -233,7 +252,8 @@ impl MeshCache {
             path: shown.clone(),
             reason,
         };
-        let update = v1::Update::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))?;
+        let payload = checked_payload(&bytes).map_err(|e| corrupt(e.into()))?;
+        let update = v1::Update::decode(payload).map_err(|e| corrupt(e.to_string()))?;
         if !update.full || update.version == 0 || update.epoch.is_empty() {
             return Err(corrupt("not a complete mesh state".into()));
         }
@@ -243,9 +263,15 @@ impl MeshCache {
         Ok(Some(state))
     }
 
-    /// Replaces the cache with `state`, atomically.
+    /// Replaces the cache with `state`, atomically, behind a magic and a SHA-256 of the rest:
+    /// atomic writes rule out a torn file after a crash, the digest catches damage on disk.
     pub fn save(&self, state: &MeshState) -> std::io::Result<()> {
-        let bytes = state.to_update().encode_to_vec();
+        let payload = state.to_update().encode_to_vec();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &payload);
+        let mut bytes = Vec::with_capacity(CACHE_MAGIC.len() + 32 + payload.len());
+        bytes.extend_from_slice(CACHE_MAGIC);
+        bytes.extend_from_slice(digest.as_ref());
+        bytes.extend_from_slice(&payload);
         edgeward_ca::files::write_secret(&self.path, &bytes)
     }
 

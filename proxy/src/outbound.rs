@@ -97,8 +97,13 @@ async fn tunnel(
     record.destination(&destination);
     ctx.metrics.opened.with_label_values(&["outbound"]).inc();
 
-    let Some(svid) = ctx.identities.wait_for(&source.key, SVID_WAIT).await else {
-        return fail(ctx, stream, &record, "no_identity");
+    let svid = match ctx.identities.wait_for(&source.key, SVID_WAIT).await {
+        Some(svid) if svid.not_after() > std::time::SystemTime::now() => svid,
+        Some(_) => return fail(ctx, stream, &record, "identity_expired"),
+        None if ctx.identities.is_expired(&source.key) => {
+            return fail(ctx, stream, &record, "identity_expired")
+        }
+        None => return fail(ctx, stream, &record, "no_identity"),
     };
     let Some(peer) = ctx
         .directory

@@ -46,7 +46,9 @@ pub async fn watch_forever(
     targets: WatchTargets,
 ) {
     let mut client = RegistryClient::new(channel);
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    // Capped at 5 s: once the control plane is back, changes should reach this node within
+    // seconds; a refused connection costs the control plane next to nothing.
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     let addresses: Vec<String> = tunnel_addresses.iter().map(|a| a.to_string()).collect();
     loop {
         let request = v1::SubscribeRequest {

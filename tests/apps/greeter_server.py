@@ -17,9 +17,10 @@ import grpc
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 protos, services = grpc.protos_and_services("greeter.proto")
 
-# Streams are bounded in count and time whatever a client asks for.
+# Streams are bounded in count, time and size whatever a client asks for.
 MAX_STREAM_REPLIES = 10_000
 MAX_INTERVAL_MS = 10_000
+MAX_PAYLOAD_BYTES = 1 << 20
 
 
 class Greeter(services.GreeterServicer):
@@ -35,14 +36,22 @@ class Greeter(services.GreeterServicer):
     def StreamGreetings(self, request, context):
         count = max(0, min(request.count, MAX_STREAM_REPLIES))
         interval = max(0, min(request.interval_ms, MAX_INTERVAL_MS)) / 1000.0
+        # Random, so that no compression on the way could make the filler cheap to carry.
+        payload = os.urandom(max(0, min(request.payload_bytes, MAX_PAYLOAD_BYTES)))
         print(f"serving StreamGreetings x{count} for {context.peer()}", flush=True)
+        # Paced against a start time rather than by a fixed sleep, so that a long stream
+        # keeps its rate (one reply every interval) however long each send takes.
+        start = time.monotonic()
         for index in range(count):
-            if index and interval:
-                time.sleep(interval)
+            delay = start + index * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
             if not context.is_active():
                 return
             message = f"Hello, {request.name}! (#{index})"
-            yield protos.HelloReply(message=message, index=index, server=self.name)
+            yield protos.HelloReply(
+                message=message, index=index, server=self.name, payload=payload
+            )
 
 
 def main():
@@ -52,7 +61,7 @@ def main():
     parser.add_argument("--name", default="greeter", help="server name put in every reply")
     args = parser.parse_args()
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     services.add_GreeterServicer_to_server(Greeter(args.name), server)
     address = f"{args.bind}:{args.port}"
     if server.add_insecure_port(address) == 0:

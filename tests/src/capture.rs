@@ -117,6 +117,20 @@ impl CaptureData {
         self.tcp_packets(TUNNEL_PORT) + self.udp_packets(TUNNEL_PORT)
     }
 
+    /// Fails unless the capture saw tunnel packets, on tcp/15008 or udp/15008 (QUIC): a
+    /// capture that saw nothing proves nothing about encryption.
+    pub fn require_tunnel_traffic(&self) -> Result<()> {
+        if self.tunnel_packets() == 0 {
+            bail!(
+                "the capture saw no packets on tcp/{TUNNEL_PORT} or udp/{TUNNEL_PORT} ({} \
+                 packets in all): the traffic did not go through the tunnel, or tcpdump missed \
+                 it",
+                self.packets
+            );
+        }
+        Ok(())
+    }
+
     /// Fails unless the capture saw TCP tunnel packets: a capture that saw nothing proves
     /// nothing about encryption.
     pub fn require_tcp_tunnel_traffic(&self) -> Result<()> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::mesh::{Mesh, MeshOptions};
 use crate::netns;
 use crate::paths;
 use crate::procs::Launch;
@@ -64,6 +65,30 @@ pub fn start_server(topo: &mut Topology, pod: &str, port: u16) -> Result<()> {
         .args(["--name", &pod.name]);
     topo.spawn(&launch)?
         .wait_for_log("greeter listening", SERVER_START_TIMEOUT)
+}
+
+/// The client pod of `mesh_with_greeter`, on node 1 (workload demo/client).
+pub const CLIENT_POD: &str = "client";
+
+/// The server pod of `mesh_with_greeter`, on node 2 (workload demo/greeter).
+pub const SERVER_POD: &str = "greeter";
+
+/// Starts a mesh built from `options` with a meshed client pod on node 1 and a meshed greeter
+/// pod on node 2 whose server is listening. No call is made yet, so no tunnel exists.
+pub fn mesh_with_greeter(options: MeshOptions) -> Result<Mesh> {
+    let options = options
+        .meshed_pod(1, CLIENT_POD, "demo", "client")
+        .meshed_pod(2, SERVER_POD, "demo", "greeter");
+    let mut mesh = Mesh::start(options)?;
+    start_server(mesh.topology_mut(), SERVER_POD, GREETER_PORT)?;
+    Ok(mesh)
+}
+
+/// One short client run from `CLIENT_POD` to `SERVER_POD` (two unary calls and a five-reply
+/// stream), checked reply by reply.
+pub fn check_call(mesh: &Mesh) -> Result<()> {
+    let call = ClientCall::new(mesh.pod_addr(SERVER_POD, GREETER_PORT)?, &marker("check"));
+    run_client(mesh.topology(), CLIENT_POD, &call)?.check(&call, SERVER_POD)
 }
 
 /// What one client run asks for.

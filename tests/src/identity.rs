@@ -46,9 +46,9 @@ pub fn issue(authority: &Authority, id: &SpiffeId) -> Result<Svid> {
     Ok(Svid::new(id.clone(), issued.chain, key)?)
 }
 
-/// Node `k`'s own credential (`node.crt`, `node.key`), from its proxy's state directory.
+/// Node `k`'s own credential (`node.pem`: key and chain), from its proxy's state directory.
 pub fn node_credential(mesh: &Mesh, k: usize) -> Result<Svid> {
     let dir = mesh.proxy_state_dir(k);
-    Svid::load(&dir.join("node.crt"), &dir.join("node.key"))
+    Svid::load_combined(&dir.join("node.pem"))
         .with_context(|| format!("loading node-{k}'s credential from {}", dir.display()))
 }

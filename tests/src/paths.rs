@@ -49,9 +49,13 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// Finds the debug builds in the target directory, or says how to build them.
+    /// Finds the binaries in `EDGEWARD_BIN_DIR` if set (the benchmark points it at a release
+    /// build), else the debug builds in the target directory, or says how to build them.
     pub fn locate() -> Result<Binaries> {
-        Binaries::locate_in(&target_dir().join("debug"))
+        match std::env::var_os("EDGEWARD_BIN_DIR") {
+            Some(dir) if !dir.is_empty() => Binaries::locate_in(&workspace_root().join(dir)),
+            _ => Binaries::locate_in(&target_dir().join("debug")),
+        }
     }
 
     /// Finds the binaries in `dir`; the error names every missing one and the build command.

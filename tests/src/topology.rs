@@ -163,6 +163,21 @@ impl Topology {
         }
     }
 
+    /// Adds a pod to the built topology, as a pod scheduled after the mesh started would
+    /// appear; checked like the pods given to `build`. Gives the new pod.
+    pub fn add_late_pod(&mut self, spec: &PodSpec) -> Result<Pod> {
+        let mut specs: Vec<PodSpec> = self
+            .pods
+            .iter()
+            .map(|p| PodSpec::new(p.node, &p.name))
+            .collect();
+        specs.push(spec.clone());
+        validate(&specs)?;
+        self.add_pod(spec)
+            .with_context(|| format!("building pod {}", spec.name))?;
+        Ok(self.pods.last().expect("just added").clone())
+    }
+
     /// Names of every namespace this topology made.
     pub fn namespace_names(&self) -> Vec<String> {
         self.namespaces

@@ -560,7 +560,7 @@ fn spent_token_is_refused(mesh: &mut Mesh) -> Result<()> {
         .wait_for_log("joined the mesh", PROXY_READY_TIMEOUT)?;
     topo.stop("proxy-node-3")?;
     ensure!(
-        first.state_dir.join("node.crt").is_file(),
+        first.state_dir.join("node.pem").is_file(),
         "first use left no node credential"
     );
 
@@ -655,7 +655,7 @@ fn run_to_failure(mesh: &Mesh, proxy: &Node3Proxy, token: &str) -> Result<String
         "the proxy exited successfully:\n{stderr}"
     );
     ensure!(
-        !stderr.contains("proxy started") && !proxy.state_dir.join("node.crt").exists(),
+        !stderr.contains("proxy started") && !proxy.state_dir.join("node.pem").exists(),
         "the proxy got past the join:\n{stderr}"
     );
     Ok(stderr)

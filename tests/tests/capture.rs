@@ -1,7 +1,8 @@
 //! What an eavesdropper on the wan link between the nodes sees: for calls between meshed
-//! pods, tunnel packets on tcp/15008 and no plaintext (neither the gRPC method nor a unique
-//! payload marker); for a call to a pod outside the registry, passed through in permissive
-//! mode, the marker in the clear, which shows the capture itself works.
+//! pods, tunnel packets on port 15008 (TCP or QUIC, whichever the proxy chose) and no
+//! plaintext (neither the gRPC method nor a unique payload marker); for a call to a pod
+//! outside the registry, passed through in permissive mode, the marker in the clear, which
+//! shows the capture itself works.
 
 use anyhow::{ensure, Result};
 use edgeward_lab::greeter::{self, ClientCall, GREETER_PORT, SAY_HELLO, STREAM_GREETINGS};
@@ -32,7 +33,7 @@ fn meshed_call_is_ciphertext_on_the_wan(mesh: &Mesh) -> Result<()> {
     let seen = capture.finish()?;
     run.check(&call, "greeter")?;
 
-    seen.require_tcp_tunnel_traffic()?;
+    seen.require_tunnel_traffic()?;
     for needle in [call.name.as_str(), SAY_HELLO, STREAM_GREETINGS, "SayHello"] {
         ensure!(
             !seen.contains(needle.as_bytes()),

@@ -31,12 +31,9 @@ impl StatePaths {
         }
     }
 
-    fn node_cert(&self) -> PathBuf {
-        self.dir.join("node.crt")
-    }
-
-    fn node_key(&self) -> PathBuf {
-        self.dir.join("node.key")
+    /// The node's key and SVID, one file so they are replaced together.
+    fn node_credential(&self) -> PathBuf {
+        self.dir.join("node.pem")
     }
 
     /// The trust bundle last received from the control plane.
@@ -108,29 +105,47 @@ pub async fn load_or_join(
     let want = td
         .node_id(node)
         .with_context(|| format!("node name {node:?}"))?;
-    if paths.node_cert().exists() {
-        let svid = Svid::load(&paths.node_cert(), &paths.node_key())
-            .context("the node credential in the state directory is unusable")?;
-        if *svid.id() != want {
-            bail!(
-                "the state directory holds the credential of {}, not of {want}",
-                svid.id()
-            );
-        }
-        if svid.not_after() > SystemTime::now() {
+    // Without a usable credential the node must join again, which needs a new token.
+    let why = match load_credential(paths, &want) {
+        Ok(Some(svid)) => {
             tracing::info!(id = %svid.id(), "loaded the node credential");
             return Ok(NodeIdentity::new(&svid));
         }
-        tracing::warn!(id = %svid.id(), "the node credential has expired; joining again");
+        Ok(None) => "this node has not joined yet".to_owned(),
+        Err(error) => format!("{error:#}"),
+    };
+    if token_file.is_some() && paths.node_credential().exists() {
+        tracing::warn!(reason = %why, "joining again with the token given");
     }
     let Some(token_file) = token_file else {
-        bail!("this node has not joined yet: give a join token with --join-token-file");
+        bail!("{why}: give a join token with --join-token-file");
     };
     let token = std::fs::read_to_string(token_file)
         .with_context(|| format!("cannot read the join token file {}", token_file.display()))?;
     let svid = join(paths, node, control, token.trim(), bundle).await?;
     tracing::info!(id = %svid.id(), "joined the mesh");
     Ok(NodeIdentity::new(&svid))
+}
+
+/// The node credential of the state directory, if there is one, it loads, names `want` and has
+/// not expired.
+fn load_credential(paths: &StatePaths, want: &SpiffeId) -> Result<Option<Svid>> {
+    if !paths.node_credential().exists() {
+        return Ok(None);
+    }
+    let svid = Svid::load_combined(&paths.node_credential())
+        .context("the node credential in the state directory is unusable")?;
+    if svid.id() != want {
+        bail!(
+            "the state directory holds the credential of {}, not of {want}",
+            svid.id()
+        );
+    }
+    if svid.not_after() <= SystemTime::now() {
+        let at = humantime::format_rfc3339_seconds(svid.not_after());
+        bail!("the node credential expired at {at}");
+    }
+    Ok(Some(svid))
 }
 
 async fn join(
@@ -161,7 +176,7 @@ async fn join(
         .svid
         .context("join reply without an SVID")?;
     let svid = accept_svid(&svid_reply, key, bundle)?;
-    svid.save(&paths.node_cert(), &paths.node_key())
+    svid.save_combined(&paths.node_credential())
         .context("cannot save the node credential")?;
     bundle
         .current()
@@ -208,7 +223,7 @@ pub async fn renew_forever(
     loop {
         let (nb, na) = node.validity();
         let at = renewal::renew_at(nb, na, availability_target);
-        let lifetime = na.duration_since(nb).unwrap_or_default();
+        let lifetime = renewal::lifetime(nb, na);
         tokio::time::sleep(renewal::delay_until(at, lifetime, SystemTime::now())).await;
         loop {
             match renew_once(&channel, &paths, &bundle, availability_target).await {
@@ -253,6 +268,6 @@ async fn renew_once(
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let svid = accept_svid(reply.get_ref(), key, bundle)?;
-    svid.save(&paths.node_cert(), &paths.node_key())?;
+    svid.save_combined(&paths.node_credential())?;
     Ok(svid)
 }

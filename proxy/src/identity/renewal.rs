@@ -4,6 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use edgeward_ca::authority::BACKDATE;
+
 /// Never renew before this share of the lifetime has passed: renewal stays a rare event even
 /// when the target asks for more than the control plane grants.
 const EARLIEST_SHARE: f64 = 0.1;
@@ -17,9 +19,16 @@ pub fn requested_lifetime(target: Duration) -> Duration {
     target * 2 + Duration::from_secs(3600)
 }
 
+/// How long a certificate valid from `not_before` to `not_after` was issued for: the CA sets
+/// NotBefore back by [`BACKDATE`] for clock skew, which is not lifetime to plan renewal with.
+pub fn lifetime(not_before: SystemTime, not_after: SystemTime) -> Duration {
+    let issued = (not_before + BACKDATE).min(not_after);
+    not_after.duration_since(issued).unwrap_or_default()
+}
+
 /// The moment to start renewing a certificate valid from `not_before` to `not_after`.
 pub fn renew_at(not_before: SystemTime, not_after: SystemTime, target: Duration) -> SystemTime {
-    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let lifetime = lifetime(not_before, not_after);
     let keep = (lifetime / 2)
         .max(target)
         .min(lifetime.mul_f64(1.0 - EARLIEST_SHARE));
@@ -49,34 +58,48 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    /// NotBefore of a leaf issued at 1_800_000_000 s (the CA backdates it).
     fn t0() -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) - BACKDATE
+    }
+
+    /// When that leaf was issued.
+    fn issued() -> SystemTime {
+        t0() + BACKDATE
     }
 
     #[test]
     fn half_life_when_the_target_fits() {
-        let (nb, na) = (t0(), t0() + 49 * HOUR);
-        assert_eq!(renew_at(nb, na, 24 * HOUR), t0() + 24 * HOUR + HOUR / 2);
+        let (nb, na) = (t0(), issued() + 49 * HOUR);
+        assert_eq!(renew_at(nb, na, 24 * HOUR), issued() + 24 * HOUR + HOUR / 2);
         assert!(meets_target(nb, na, 24 * HOUR));
         assert_eq!(requested_lifetime(24 * HOUR), 49 * HOUR);
     }
 
     #[test]
     fn earlier_than_half_life_when_the_target_asks_for_more() {
-        let (nb, na) = (t0(), t0() + 30 * HOUR);
-        assert_eq!(renew_at(nb, na, 24 * HOUR), t0() + 6 * HOUR);
+        let (nb, na) = (t0(), issued() + 30 * HOUR);
+        assert_eq!(renew_at(nb, na, 24 * HOUR), issued() + 6 * HOUR);
         assert!(meets_target(nb, na, 24 * HOUR));
     }
 
     #[test]
     fn never_before_a_tenth_of_the_lifetime() {
-        let (nb, na) = (t0(), t0() + 24 * HOUR);
+        let (nb, na) = (t0(), issued() + 24 * HOUR);
         let at = renew_at(nb, na, 24 * HOUR);
-        assert_eq!(at, t0() + Duration::from_secs(24 * 360));
+        assert_eq!(at, issued() + Duration::from_secs(24 * 360));
         assert!(
             !meets_target(nb, na, 24 * HOUR),
             "a 24 h leaf cannot ride out 24 h"
         );
+    }
+
+    #[test]
+    fn a_short_leaf_renews_at_half_its_issued_lifetime() {
+        let (nb, na) = (t0(), issued() + Duration::from_secs(60));
+        assert_eq!(lifetime(nb, na), Duration::from_secs(60));
+        let at = renew_at(nb, na, Duration::from_secs(20));
+        assert_eq!(at, issued() + Duration::from_secs(30));
     }
 
     #[test]

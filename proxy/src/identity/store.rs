@@ -1,7 +1,8 @@
-//! Workload keys and certificates in the state directory (`workloads/<namespace>_<name>.key`,
-//! 0600, and `.crt`), so a proxy restarted while the control plane is away serves at once.
-//! Each file is written atomically; a file that does not load is reported and ignored, and the
-//! workload gets a fresh SVID from the control plane.
+//! Workload keys and certificates in the state directory (`workloads/<namespace>_<name>.pem`,
+//! 0600, key and chain in one file), so a proxy restarted while the control plane is away
+//! serves at once. Each file is written atomically, key and certificate together; a file that
+//! does not load is reported and ignored, and the workload gets a fresh SVID from the control
+//! plane.
 
 use std::path::{Path, PathBuf};
 
@@ -23,22 +24,18 @@ impl WorkloadFiles {
         Ok(Self { dir })
     }
 
-    fn paths(&self, key: &WorkloadKey) -> (PathBuf, PathBuf) {
+    fn path(&self, key: &WorkloadKey) -> PathBuf {
         // Names are DNS labels, so '_' cannot occur in them and the pair is unambiguous.
-        let stem = format!("{}_{}", key.namespace, key.name);
-        (
-            self.dir.join(format!("{stem}.crt")),
-            self.dir.join(format!("{stem}.key")),
-        )
+        self.dir.join(format!("{}_{}.pem", key.namespace, key.name))
     }
 
     /// The saved SVID of `key`, if it loads, is for `id` and has not expired.
     pub fn load(&self, key: &WorkloadKey, id: &SpiffeId) -> Option<Svid> {
-        let (cert, private_key) = self.paths(key);
-        if !cert.exists() {
+        let path = self.path(key);
+        if !path.exists() {
             return None;
         }
-        match Svid::load(&cert, &private_key) {
+        match Svid::load_combined(&path) {
             Ok(svid) if svid.id() != id => {
                 tracing::info!(workload = %key, "the saved SVID is for another identity; ignored");
                 None
@@ -54,16 +51,13 @@ impl WorkloadFiles {
 
     /// Saves the SVID of `key`; a failure is logged, as the SVID in memory still serves.
     pub fn save(&self, key: &WorkloadKey, svid: &Svid) {
-        let (cert, private_key) = self.paths(key);
-        if let Err(error) = svid.save(&cert, &private_key) {
+        if let Err(error) = svid.save_combined(&self.path(key)) {
             tracing::warn!(workload = %key, %error, "cannot save the workload SVID");
         }
     }
 
     /// Deletes the files of a workload that left the node.
     pub fn remove(&self, key: &WorkloadKey) {
-        let (cert, private_key) = self.paths(key);
-        let _ = std::fs::remove_file(cert);
-        let _ = std::fs::remove_file(private_key);
+        let _ = std::fs::remove_file(self.path(key));
     }
 }

@@ -1,7 +1,7 @@
 //! Identities of the workloads on this node: a private key per workload, generated here, and an
 //! SVID obtained from the control plane by CSR and renewed at about half its lifetime.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +27,8 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct Identities {
     svids: RwLock<HashMap<WorkloadKey, Arc<Svid>>>,
+    /// Workloads whose SVID expired and could not be renewed: connections fail at once.
+    expired: RwLock<HashSet<WorkloadKey>>,
     by_sni: RwLock<HashMap<String, (SpiffeId, Arc<CertifiedKey>)>>,
     changes: watch::Sender<u64>,
 }
@@ -36,6 +38,7 @@ impl Identities {
     pub fn new() -> Self {
         Self {
             svids: RwLock::default(),
+            expired: RwLock::default(),
             by_sni: RwLock::default(),
             changes: watch::channel(0).0,
         }
@@ -50,13 +53,25 @@ impl Identities {
             .cloned()
     }
 
-    /// Waits up to `limit` for the workload's SVID (it may still be on its way after a start).
+    /// Whether the workload's SVID expired and could not be renewed.
+    pub fn is_expired(&self, key: &WorkloadKey) -> bool {
+        self.expired
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
+    }
+
+    /// Waits up to `limit` for the workload's SVID (it may still be on its way after a start);
+    /// gives up at once when it expired.
     pub async fn wait_for(&self, key: &WorkloadKey, limit: Duration) -> Option<Arc<Svid>> {
         let mut changes = self.changes.subscribe();
         let wait = async {
             loop {
                 if let Some(svid) = self.get(key) {
                     return Some(svid);
+                }
+                if self.is_expired(key) {
+                    return None;
                 }
                 changes.changed().await.ok()?;
             }
@@ -76,7 +91,21 @@ impl Identities {
         by_sni.get(sni).map(|(id, _)| id.clone())
     }
 
+    /// Drops an SVID that expired, so connections that need it fail at once with that reason.
+    fn expire(&self, key: &WorkloadKey) {
+        self.remove(key);
+        self.expired
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     fn insert(&self, key: WorkloadKey, svid: Arc<Svid>) {
+        self.expired
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
         let sni = sni_for(svid.id()).to_str().into_owned();
         self.by_sni
             .write()
@@ -90,6 +119,10 @@ impl Identities {
     }
 
     fn remove(&self, key: &WorkloadKey) {
+        self.expired
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
         let removed = self
             .svids
             .write()
@@ -193,7 +226,7 @@ async fn maintain(key: WorkloadKey, id: SpiffeId, deps: IdentityDeps) {
         if let Some(svid) = &current {
             let (nb, na) = (svid.not_before(), svid.not_after());
             let at = renewal::renew_at(nb, na, deps.availability_target);
-            let lifetime = na.duration_since(nb).unwrap_or_default();
+            let lifetime = renewal::lifetime(nb, na);
             tokio::time::sleep(renewal::delay_until(at, lifetime, SystemTime::now())).await;
         }
         loop {
@@ -217,7 +250,13 @@ async fn maintain(key: WorkloadKey, id: SpiffeId, deps: IdentityDeps) {
                         .with_label_values(&["workload", "error"])
                         .inc();
                     current = deps.renewal_failed(&key, current, &error);
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    // Wake at the expiry at the latest, so an expired SVID goes out of use then.
+                    let until_expiry = current.as_ref().map_or(Duration::MAX, |svid| {
+                        svid.not_after()
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default()
+                    });
+                    tokio::time::sleep(backoff.next_delay().min(until_expiry)).await;
                 }
             }
         }
@@ -244,7 +283,7 @@ impl IdentityDeps {
         if !renewal::meets_target(nb, na, self.availability_target) {
             tracing::warn!(
                 workload = %key,
-                lifetime = ?na.duration_since(nb).unwrap_or_default(),
+                lifetime = ?renewal::lifetime(nb, na),
                 target = ?self.availability_target,
                 "the SVID lifetime is too short to ride out a control-plane outage of that length"
             );
@@ -285,7 +324,7 @@ impl IdentityDeps {
                 Some(svid)
             }
             Err(_) => {
-                self.identities.remove(key);
+                self.identities.expire(key);
                 tracing::error!(
                     workload = %key,
                     "the workload SVID expired and could not be renewed",

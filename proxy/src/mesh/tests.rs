@@ -141,6 +141,12 @@ fn the_cache_round_trips_and_refuses_garbage() {
     cache.save(&s).unwrap();
     assert_eq!(cache.load().unwrap(), Some(s));
 
+    let saved = std::fs::read(dir.path().join("mesh.pb")).unwrap();
+    for cut in [3, 20, saved.len() / 2, saved.len() - 1] {
+        std::fs::write(dir.path().join("mesh.pb"), &saved[..cut]).unwrap();
+        let e = cache.load().unwrap_err().to_string();
+        assert!(e.contains("corrupt"), "cut at {cut}: {e}");
+    }
     std::fs::write(dir.path().join("mesh.pb"), b"\xff\xff garbage").unwrap();
     let e = cache.load().unwrap_err().to_string();
     assert!(e.contains("mesh.pb") && e.contains("corrupt"), "{e}");

@@ -161,8 +161,10 @@ fn show_capture(seen: &CaptureData, call: &ClientCall) -> Result<()> {
         seen.bytes.len()
     );
     println!(
-        "   packets on tcp/{TUNNEL_PORT} (the tunnel): {}",
-        seen.tcp_packets(TUNNEL_PORT)
+        "   packets on tcp/{TUNNEL_PORT} and udp/{TUNNEL_PORT} (the tunnel, TCP or QUIC): {} \
+         and {}",
+        seen.tcp_packets(TUNNEL_PORT),
+        seen.udp_packets(TUNNEL_PORT)
     );
     println!(
         "   packets on tcp/{GREETER_PORT} (plain gRPC): {}",
@@ -180,7 +182,7 @@ fn show_capture(seen: &CaptureData, call: &ClientCall) -> Result<()> {
         yes_no(payload)
     );
 
-    seen.require_tcp_tunnel_traffic()?;
+    seen.require_tunnel_traffic()?;
     ensure!(
         !method && !payload,
         "plaintext crossed the link between the nodes"
