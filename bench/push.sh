@@ -5,9 +5,9 @@
 # goes into BENCHMARKS.md at the repository root, replacing only this benchmark's section.
 # Needs root.
 #
-#   sudo bash bench/push.sh                  # release build, then the run
-#   sudo bash bench/push.sh --debug          # debug binaries (slower figures)
-#   sudo bash bench/push.sh --no-build       # use the binaries already built
+#   bash bench/push.sh                  # release build, then the run
+#   bash bench/push.sh --debug          # debug binaries (slower figures)
+#   bash bench/push.sh --no-build       # use the binaries already built
 #   ... -- --watchers 1,100 --rounds 10 --out FILE   # after --, arguments for the benchmark
 set -euo pipefail
 # ip lives in sbin, which a non-login root shell may not have on PATH.

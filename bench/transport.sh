@@ -3,10 +3,12 @@
 # direct (no mesh) at 0, 1, 5 and 10 % loss, in one run of about 10 minutes; the table goes
 # into BENCHMARKS.md at the repository root, replacing the previous one. Needs root.
 #
-#   sudo bash bench/transport.sh                  # release build of everything, then the run
-#   sudo bash bench/transport.sh --debug          # debug binaries (slower figures)
-#   sudo bash bench/transport.sh --no-build       # use the binaries already built
+#   bash bench/transport.sh                  # release build of everything, then the run
+#   bash bench/transport.sh --debug          # debug binaries (slower figures)
+#   bash bench/transport.sh --no-build       # use the binaries already built
 #   ... -- --paths direct,tcp --out FILE          # after --, arguments for the benchmark
+#   EDGEWARD_QUIC_CONGESTION=cubic bash bench/transport.sh -- --paths quic \
+#       --section "QUIC with CUBIC"              # the proxies' controller; a section of its own
 set -euo pipefail
 # iptables, ethtool and ip live in sbin, which a non-login root shell may not have on PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"

@@ -43,9 +43,21 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(2);
 /// Loss levels, in per cent.
 const LOSS_PERCENT: [u32; 4] = [0, 1, 5, 10];
-/// Markers around this benchmark's section of BENCHMARKS.md.
-const BEGIN: &str = "<!-- edgeward-bench-transport: begin -->";
-const END: &str = "<!-- edgeward-bench-transport: end -->";
+/// The markers around a section of BENCHMARKS.md: this benchmark's main one, or a named one
+/// (`--section NAME`, for a run with other proxy settings, such as another congestion
+/// controller).
+fn markers(section: Option<&str>) -> (String, String) {
+    let name = match section {
+        Some(s) => format!("edgeward-bench-transport:{s}"),
+        None => "edgeward-bench-transport".to_owned(),
+    };
+    (format!("<!-- {name}: begin -->"), format!("<!-- {name}: end -->"))
+}
+
+/// The QUIC congestion controller the proxies run with: theirs unless the environment says.
+fn congestion() -> String {
+    std::env::var("EDGEWARD_QUIC_CONGESTION").unwrap_or_else(|_| "bbr (the default)".into())
+}
 
 /// The ways a call can travel from the client pod on node 1 to the server pod on node 2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +128,7 @@ impl Row {
 struct Settings {
     paths: Vec<Path>,
     out: PathBuf,
+    section: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -140,9 +153,10 @@ fn run() -> Result<()> {
         eprintln!("== {}", path.label());
         rows.extend(measure_path(path)?);
     }
-    let section = section(&rows)?;
+    let name = settings.section.as_deref();
+    let section = section(&rows, name)?;
     println!("{section}");
-    write_section(&settings.out, &section)?;
+    write_section(&settings.out, &section, name)?;
     eprintln!("wrote the table into {}", settings.out.display());
     Ok(())
 }
@@ -151,6 +165,7 @@ fn parse_args() -> Result<Settings> {
     let mut settings = Settings {
         paths: vec![Path::Direct, Path::Tcp, Path::Quic],
         out: paths::workspace_root().join("BENCHMARKS.md"),
+        section: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -162,7 +177,10 @@ fn parse_args() -> Result<Settings> {
                 settings.paths = value.split(',').map(Path::parse).collect::<Result<_>>()?
             }
             "--out" => settings.out = PathBuf::from(value),
-            other => bail!("unknown argument {other}: use --paths direct,tcp,quic --out FILE"),
+            "--section" => settings.section = Some(value),
+            other => bail!(
+                "unknown argument {other}: use --paths direct,tcp,quic --out FILE --section NAME"
+            ),
         }
     }
     Ok(settings)
@@ -334,10 +352,16 @@ fn median_and_range(values: &[f64]) -> String {
 }
 
 /// The markdown section: heading, run details, method, table and the goal check.
-fn section(rows: &[Row]) -> Result<String> {
-    let mut text = format!("{BEGIN}\n## Tunnel transports under loss (issue #3)\n\n");
+fn section(rows: &[Row], name: Option<&str>) -> Result<String> {
+    let (begin, end) = markers(name);
+    let heading = match name {
+        Some(name) => format!("Tunnel transports under loss: {name}"),
+        None => "Tunnel transports under loss (issue #3)".to_owned(),
+    };
+    let mut text = format!("{begin}\n## {heading}\n\n");
     writeln!(text, "Run {} on {}.", date()?, machine())?;
-    writeln!(text, "Binaries: {}.\n", binaries())?;
+    writeln!(text, "Binaries: {}.", binaries())?;
+    writeln!(text, "QUIC congestion controller: {}.\n", congestion())?;
     text.push_str(METHOD);
     text.push_str(
         "\n| path | loss | unary p50 (ms) | unary p99 (ms) | failed calls | \
@@ -350,7 +374,7 @@ fn section(rows: &[Row]) -> Result<String> {
             writeln!(text, "| {} | {loss} % | {cells} |", row.path.label())?;
         }
     }
-    writeln!(text, "\n{}\n{END}", goal(rows))?;
+    writeln!(text, "\n{}\n{end}", goal(rows))?;
     Ok(text)
 }
 
@@ -427,16 +451,17 @@ fn binaries() -> String {
 }
 
 /// Replaces this benchmark's section of `file` (between the markers), or appends it.
-fn write_section(file: &std::path::Path, section: &str) -> Result<()> {
+fn write_section(file: &std::path::Path, section: &str, name: Option<&str>) -> Result<()> {
+    let (begin, end) = markers(name);
     let old = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::from("# Benchmarks\n"),
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
     };
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(begin), Some(end)) if begin < end => {
-            let rest = &old[end + END.len()..];
-            format!("{}{}{rest}", &old[..begin], section.trim_end_matches('\n'))
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(b), Some(e)) if b < e => {
+            let rest = &old[e + end.len()..];
+            format!("{}{}{rest}", &old[..b], section.trim_end_matches('\n'))
         }
         _ => format!(
             "{}\n{section}",
