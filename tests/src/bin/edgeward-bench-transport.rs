@@ -51,7 +51,10 @@ fn markers(section: Option<&str>) -> (String, String) {
         Some(s) => format!("edgeward-bench-transport:{s}"),
         None => "edgeward-bench-transport".to_owned(),
     };
-    (format!("<!-- {name}: begin -->"), format!("<!-- {name}: end -->"))
+    (
+        format!("<!-- {name}: begin -->"),
+        format!("<!-- {name}: end -->"),
+    )
 }
 
 /// The QUIC congestion controller the proxies run with: theirs unless the environment says.
