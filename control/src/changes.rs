@@ -7,7 +7,10 @@ use edgeward_proto::v1;
 use crate::hub::{ChangeError, Hub};
 use crate::policy::PolicyDocument;
 use crate::registry::{Registry, Source, WorkloadSpec};
-use crate::state::{remove, upsert};
+use crate::state::{remove, upsert, TokenError};
+
+/// How stale a node's "last seen" record may get before a new stream refreshes it on disk.
+pub const SEEN_REFRESH_SECS: i64 = 300;
 
 impl Hub {
     /// Validates a policy document whole and upserts its policies (by name) and namespace
@@ -91,31 +94,52 @@ impl Hub {
         Ok(Some(version))
     }
 
-    /// Spends the join token `token_id` and records that `node` joined.
+    /// Spends the join token `token_id` and records that `node` joined. The outer error is a
+    /// failed write; the inner one says the token was spent meanwhile by a concurrent join.
     pub fn complete_join(
         &self,
         token_id: &str,
         node: &str,
         now_unix: i64,
-    ) -> Result<(), ChangeError> {
-        self.commit(|draft| {
-            draft.state.record_join(token_id, node, now_unix);
-            Ok(())
-        })?;
-        Ok(())
+    ) -> Result<Result<(), TokenError>, ChangeError> {
+        let mut spent = Ok(());
+        let result = self.commit(|draft| {
+            spent = draft.state.record_join(token_id, node, now_unix);
+            match &spent {
+                Ok(()) => Ok(()),
+                Err(e) => Err(ChangeError::Refused(e.to_string())),
+            }
+        });
+        match (result, spent) {
+            (Ok(_), _) => Ok(Ok(())),
+            (Err(_), Err(token)) => Ok(Err(token)),
+            (Err(e), Ok(())) => Err(e),
+        }
     }
 
-    /// Records that `node` opened a stream and where its tunnel listens.
+    /// Records that `node` opened a stream and where its tunnel listens. The state file is
+    /// rewritten only when the addresses changed or the last record is older than
+    /// [`SEEN_REFRESH_SECS`], so that a flapping link does not turn every reconnect into a
+    /// synchronous disk write.
     pub fn node_seen(
         &self,
         node: &str,
         tunnel_addresses: Vec<String>,
         now_unix: i64,
-    ) -> Result<u64, ChangeError> {
-        let ((), version) = self.commit(|draft| {
+    ) -> Result<(), ChangeError> {
+        {
+            let state = self.state();
+            if let Some(record) = state.node(node) {
+                let fresh = now_unix.saturating_sub(record.last_seen_unix) < SEEN_REFRESH_SECS;
+                if fresh && record.tunnel_addresses == tunnel_addresses {
+                    return Ok(());
+                }
+            }
+        }
+        self.commit(|draft| {
             draft.state.record_seen(node, tunnel_addresses, now_unix);
             Ok(())
         })?;
-        Ok(version)
+        Ok(())
     }
 }

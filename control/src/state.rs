@@ -147,14 +147,20 @@ pub struct State {
 }
 
 impl State {
-    /// Spends the token `id` and records that `node` joined.
-    pub fn record_join(&mut self, id: &str, node: &str, now_unix: i64) {
-        if let Some(t) = self.tokens.iter_mut().find(|t| t.id == id) {
-            t.used_unix = Some(now_unix);
+    /// Spends the token `id` and records that `node` joined. Refuses when another join spent
+    /// the token first: two joins racing with one token must not both succeed.
+    pub fn record_join(&mut self, id: &str, node: &str, now_unix: i64) -> Result<(), TokenError> {
+        let Some(t) = self.tokens.iter_mut().find(|t| t.id == id) else {
+            return Err(TokenError::Unknown);
+        };
+        if t.used_unix.is_some() {
+            return Err(TokenError::AlreadyUsed { id: id.to_owned() });
         }
+        t.used_unix = Some(now_unix);
         let record = self.nodes.entry(node.to_owned()).or_default();
         record.joined_unix = now_unix;
         record.last_seen_unix = now_unix;
+        Ok(())
     }
 
     /// Records that `node` was seen, with its tunnel addresses.
@@ -373,7 +379,12 @@ mod tests {
             Err(TokenError::Expired { ago: 0, .. })
         ));
         let id = s.check_token(&token, "node-1", 1001).unwrap();
-        s.update(|st| st.record_join(&id, "node-1", 1001)).unwrap();
+        s.update(|st| st.record_join(&id, "node-1", 1001))
+            .unwrap()
+            .unwrap();
+        // A second join that passed the check before the first one spent the token loses.
+        let racing = s.update(|st| st.record_join(&id, "node-1", 1001)).unwrap();
+        assert!(matches!(racing, Err(TokenError::AlreadyUsed { .. })));
         assert!(matches!(
             s.check_token(&token, "node-1", 1002),
             Err(TokenError::AlreadyUsed { .. })

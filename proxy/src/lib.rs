@@ -293,6 +293,7 @@ async fn start_listeners(ctx: &Arc<Context>) -> Result<Option<CaptureRules>> {
     tokio::spawn(inbound::tcp::serve(tunnel, ctx.clone()));
     tokio::spawn(inbound::quic::serve(quic, ctx.clone()));
     tokio::spawn(tunnel::netwatch::watch(ctx.tunnels.clone()));
+    tokio::spawn(ctx.tunnels.clone().sweep_forever());
     let m = ctx.metrics.clone();
     tokio::spawn(edgeward_proto::http_endpoint::serve(
         metrics,

@@ -34,9 +34,14 @@ impl Identity for Api {
             )
         })?;
         let svid = self.sign("Join", &req.csr_pem, &id, "node", 0)?;
+        // The check above ran without the commit lock; the spend re-checks under it, so of two
+        // joins racing with one token only the first gets its SVID.
         self.hub
             .complete_join(&token_id, &req.node_name, now)
-            .map_err(|e| change_refused(self, "Join", e))?;
+            .map_err(|e| change_refused(self, "Join", e))?
+            .map_err(|e| {
+                self.refuse("Join", e.reason(), Status::permission_denied(e.to_string()))
+            })?;
         tracing::info!(node = %req.node_name, token = %token_id, "node joined");
         Ok(Response::new(v1::JoinResponse { svid: Some(svid) }))
     }

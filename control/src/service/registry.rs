@@ -17,6 +17,10 @@ use crate::hub::{now_unix, Hub};
 /// arrive merged.
 const STREAM_BUFFER: usize = 4;
 
+/// The most tunnel addresses a node may advertise; a node has one per address family and
+/// interface it serves on, and the list is stored and sent to every other proxy.
+const MAX_TUNNEL_ADDRESSES: usize = 16;
+
 impl Api {
     /// Checks the tunnel addresses a node announces and records that it was seen.
     fn node_opened_stream(
@@ -25,6 +29,13 @@ impl Api {
         node: &str,
         mut addresses: Vec<String>,
     ) -> Result<(), Status> {
+        if addresses.len() > MAX_TUNNEL_ADDRESSES {
+            let msg = format!(
+                "{} tunnel addresses advertised; at most {MAX_TUNNEL_ADDRESSES} are accepted",
+                addresses.len()
+            );
+            return Err(self.refuse(call, "bad_address", Status::invalid_argument(msg)));
+        }
         if let Some(bad) = addresses.iter().find(|a| a.parse::<SocketAddr>().is_err()) {
             let msg = format!("tunnel address {bad:?} is not ip:port");
             return Err(self.refuse(call, "bad_address", Status::invalid_argument(msg)));

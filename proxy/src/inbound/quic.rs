@@ -133,7 +133,7 @@ async fn stream(
         return;
     }
 
-    let mut tunnel = TunnelStream::Quic(recv, send);
+    let mut tunnel = TunnelStream::quic(recv, send);
     let counters = counters(&ctx, "inbound");
     let outcome = {
         let (mut reader, mut writer) = tunnel.halves();

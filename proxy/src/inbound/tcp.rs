@@ -140,7 +140,7 @@ async fn stream_request(
         Err(error) => return tracing::debug!(%error, "the tunnel stream closed before the reply"),
     };
 
-    let mut tunnel = TunnelStream::H2(H2Reader::new(request.into_body()), H2Writer::new(send));
+    let mut tunnel = TunnelStream::h2(H2Reader::new(request.into_body()), H2Writer::new(send));
     let counters = counters(&ctx, "inbound");
     let outcome = {
         let (mut reader, mut writer) = tunnel.halves();

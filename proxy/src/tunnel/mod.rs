@@ -14,6 +14,7 @@ pub mod preamble;
 pub mod quic;
 pub mod stream;
 pub mod tcp;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -10,6 +10,7 @@ use super::peers::{PeerChoices, Plan};
 use super::quic::QuicPool;
 use super::stream::{Transport, TunnelStream};
 use super::tcp::TcpPool;
+use super::usage;
 use super::{StreamRequest, TunnelError};
 use crate::metrics::Metrics;
 
@@ -94,6 +95,20 @@ impl Tunnels {
             }
             Err(e) if unreachable(e) => self.choices.unreachable(req.peer, Instant::now()),
             Err(_) => {}
+        }
+    }
+
+    /// Closes pooled connections that carry no stream, every [`usage::SWEEP_INTERVAL`], for
+    /// the life of the proxy.
+    pub async fn sweep_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(usage::SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let closed = self.tcp.sweep(usage::IDLE_CLOSE) + self.quic.sweep(usage::IDLE_CLOSE);
+            if closed > 0 {
+                tracing::debug!(closed, "closed unused tunnel connections");
+            }
         }
     }
 

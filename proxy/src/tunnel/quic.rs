@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::preamble::{self, Status};
 use super::stream::TunnelStream;
+use super::usage::{Lease, Usage};
 use super::{PoolKey, StreamRequest, TunnelError, ALPN_QUIC, CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::config::Congestion;
 use crate::metrics::Metrics;
@@ -84,6 +85,7 @@ pub fn server_endpoint(
 struct Pooled {
     connection: Connection,
     generation: SystemTime,
+    usage: Arc<Usage>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
@@ -93,6 +95,8 @@ pub struct QuicPool {
     endpoint: Endpoint,
     bind: SocketAddr,
     slots: Mutex<HashMap<PoolKey, Slot>>,
+    /// Connections made with an SVID since renewed, closed once their last stream ends.
+    retired: Mutex<Vec<Pooled>>,
     live: Arc<Mutex<HashMap<usize, (String, Connection)>>>,
     bundle: SharedBundle,
     metrics: Metrics,
@@ -111,6 +115,7 @@ impl QuicPool {
             endpoint: Endpoint::client(bind)?,
             bind,
             slots: Mutex::default(),
+            retired: Mutex::default(),
             live: Arc::default(),
             bundle,
             metrics,
@@ -125,21 +130,29 @@ impl QuicPool {
         req: &StreamRequest,
         handshake_limit: Duration,
     ) -> Result<TunnelStream, TunnelError> {
-        let connection = self.connection(req, handshake_limit).await?;
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| quic(req, e))?;
+        let (connection, lease) = self.connection(req, handshake_limit).await?;
         let request = preamble::Request {
             target: req.target,
             source: req.client,
         };
-        preamble::write_request(&mut send, &request)
+        // Opening waits while the peer allows no more streams, and writing while it grants no
+        // flow-control credit: neither may hold the application's connection forever.
+        let open = async {
+            let (mut send, recv) = connection.open_bi().await.map_err(|e| quic(req, e))?;
+            preamble::write_request(&mut send, &request)
+                .await
+                .map_err(|e| quic(req, e))?;
+            Ok::<_, TunnelError>((send, recv))
+        };
+        let (send, mut recv) = tokio::time::timeout(self.settings.connect_timeout, open)
             .await
-            .map_err(|e| quic(req, e))?;
+            .map_err(|_| TunnelError::Timeout("opening a QUIC stream"))??;
         let (status, message) = self.reply(req, &connection, &mut recv).await?;
         if status != Status::Connected {
             let reason = status.reason();
             return Err(TunnelError::Refused { reason, message });
         }
-        Ok(TunnelStream::Quic(recv, send))
+        Ok(TunnelStream::quic(recv, send).leased(lease))
     }
 
     /// Waits for the reply; if nothing at all arrives from the peer within the probe timeout,
@@ -181,11 +194,14 @@ impl QuicPool {
             .map(|_| ())
     }
 
+    /// The pooled connection for `req` (made first when there is none, it closed, or it was
+    /// made with an older SVID) and a lease on it, taken while the slot is held so that the
+    /// idle sweep cannot close it in between.
     async fn connection(
         &self,
         req: &StreamRequest,
         handshake_limit: Duration,
-    ) -> Result<Connection, TunnelError> {
+    ) -> Result<(Connection, Lease), TunnelError> {
         let (key, generation) = PoolKey::of(req);
         let slot = self
             .slots
@@ -197,7 +213,7 @@ impl QuicPool {
         let mut pooled = slot.lock().await;
         let reconnect = match pooled.as_ref() {
             Some(p) if p.generation == generation && p.connection.close_reason().is_none() => {
-                return Ok(p.connection.clone());
+                return Ok((p.connection.clone(), p.usage.lease()));
             }
             Some(p) => p.connection.close_reason().is_some(),
             None => false,
@@ -206,11 +222,63 @@ impl QuicPool {
         if reconnect {
             self.metrics.reconnect(&req.peer_node);
         }
-        *pooled = Some(Pooled {
+        let usage = Usage::new();
+        let lease = usage.lease();
+        let old = pooled.replace(Pooled {
             connection: connection.clone(),
             generation,
+            usage,
         });
-        Ok(connection)
+        if let Some(old) = old.filter(|p| p.connection.close_reason().is_none()) {
+            self.retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(old);
+        }
+        Ok((connection, lease))
+    }
+
+    /// Closes the connections that carried no stream for `idle` and the retired ones that
+    /// carry none any more, and forgets the pool entries left empty.
+    pub fn sweep(&self, idle: Duration) -> usize {
+        let mut closed = 0;
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| {
+                if p.connection.close_reason().is_some() {
+                    return false;
+                }
+                if !p.usage.unused() {
+                    return true;
+                }
+                p.connection.close(VarInt::from_u32(0), b"renewed");
+                closed += 1;
+                false
+            });
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|_, slot| {
+            // Slots are cloned only under this lock: a count of one means nobody is opening a
+            // stream on it now, so it can go.
+            if Arc::strong_count(slot) > 1 {
+                return true;
+            }
+            let Ok(pooled) = slot.try_lock() else {
+                return true;
+            };
+            match pooled.as_ref() {
+                Some(p) if p.connection.close_reason().is_none() => {
+                    if !p.usage.idle_for(idle) {
+                        return true;
+                    }
+                    p.connection.close(VarInt::from_u32(0), b"idle");
+                    closed += 1;
+                    false
+                }
+                _ => false,
+            }
+        });
+        closed
     }
 
     async fn connect(

@@ -21,6 +21,7 @@ use tokio_rustls::TlsConnector;
 use super::h2io::{H2Reader, H2Writer};
 use super::preamble::Status;
 use super::stream::TunnelStream;
+use super::usage::{Lease, Usage};
 use super::{PoolKey, StreamRequest, TunnelError, ALPN_H2, CONNECTION_WINDOW, ERROR_HEADER};
 use super::{MAX_FRAME, SOURCE_ADDR_HEADER, STREAM_WINDOW};
 use crate::metrics::Metrics;
@@ -43,6 +44,9 @@ struct Pooled {
     generation: SystemTime,
     /// Asks the connection's driver to check the peer now.
     check: Arc<Notify>,
+    /// Asks the connection's driver to close it (idle, or made with an older SVID).
+    retire: Arc<Notify>,
+    usage: Arc<Usage>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
@@ -57,6 +61,8 @@ struct Live {
 /// The pool of TCP tunnel connections.
 pub struct TcpPool {
     slots: Mutex<HashMap<PoolKey, Slot>>,
+    /// Connections made with an SVID since renewed, closed once their last stream ends.
+    retired: Mutex<Vec<Pooled>>,
     live: Arc<Live>,
     bundle: SharedBundle,
     metrics: Metrics,
@@ -68,6 +74,7 @@ impl TcpPool {
     pub fn new(bundle: SharedBundle, metrics: Metrics, settings: TcpSettings) -> Self {
         Self {
             slots: Mutex::default(),
+            retired: Mutex::default(),
             live: Arc::default(),
             bundle,
             metrics,
@@ -77,7 +84,7 @@ impl TcpPool {
 
     /// Opens a CONNECT stream to `req.target` through the peer, reusing a pooled connection.
     pub async fn open(&self, req: &StreamRequest) -> Result<TunnelStream, TunnelError> {
-        let (sender, check) = self.sender(req).await?;
+        let (sender, check, lease) = self.sender(req).await?;
         let connect = Request::builder()
             .method(Method::CONNECT)
             .uri(req.target.to_string())
@@ -103,10 +110,8 @@ impl TcpPool {
             let reason = Status::from_http(response.status()).reason();
             return Err(TunnelError::Refused { reason, message });
         }
-        Ok(TunnelStream::H2(
-            H2Reader::new(response.into_body()),
-            H2Writer::new(send),
-        ))
+        let stream = TunnelStream::h2(H2Reader::new(response.into_body()), H2Writer::new(send));
+        Ok(stream.leased(lease))
     }
 
     /// Closes every tunnel connection made from one of `gone`: its streams fail now rather than
@@ -126,7 +131,7 @@ impl TcpPool {
     async fn sender(
         &self,
         req: &StreamRequest,
-    ) -> Result<(SendRequest<Bytes>, Arc<Notify>), TunnelError> {
+    ) -> Result<(SendRequest<Bytes>, Arc<Notify>, Lease), TunnelError> {
         let (key, generation) = PoolKey::of(req);
         let slot = self
             .slots
@@ -139,29 +144,78 @@ impl TcpPool {
         let mut reconnect = false;
         if let Some(p) = pooled.as_ref().filter(|p| p.generation == generation) {
             match p.sender.clone().ready().await {
-                Ok(ready) => return Ok((ready, p.check.clone())),
+                Ok(ready) => return Ok((ready, p.check.clone(), p.usage.lease())),
                 Err(error) => {
                     tracing::debug!(%error, peer = %req.peer, "pooled tunnel closed");
                     reconnect = true;
                 }
             }
         }
-        let (sender, check) = self.connect(req).await?;
+        let (sender, check, retire) = self.connect(req).await?;
         if reconnect {
             self.metrics.reconnect(&req.peer_node);
         }
-        *pooled = Some(Pooled {
+        let usage = Usage::new();
+        let lease = usage.lease();
+        let old = pooled.replace(Pooled {
             sender: sender.clone(),
             generation,
             check: check.clone(),
+            retire,
+            usage,
         });
-        Ok((sender.ready().await?, check))
+        if let Some(old) = old.filter(|_| !reconnect) {
+            self.retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(old);
+        }
+        Ok((sender.ready().await?, check, lease))
+    }
+
+    /// Closes the connections that carried no stream for `idle` and the retired ones that
+    /// carry none any more, and forgets the pool entries left empty.
+    pub fn sweep(&self, idle: Duration) -> usize {
+        let mut closed = 0;
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| {
+                if !p.usage.unused() {
+                    return true;
+                }
+                p.retire.notify_one();
+                closed += 1;
+                false
+            });
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|_, slot| {
+            // Slots are cloned only under this lock: a count of one means nobody is opening a
+            // stream on it now, so it can go.
+            if Arc::strong_count(slot) > 1 {
+                return true;
+            }
+            let Ok(pooled) = slot.try_lock() else {
+                return true;
+            };
+            match pooled.as_ref() {
+                Some(p) if !p.usage.idle_for(idle) => true,
+                Some(p) => {
+                    // A connection that already ended ignores this.
+                    p.retire.notify_one();
+                    closed += 1;
+                    false
+                }
+                None => false,
+            }
+        });
+        closed
     }
 
     async fn connect(
         &self,
         req: &StreamRequest,
-    ) -> Result<(SendRequest<Bytes>, Arc<Notify>), TunnelError> {
+    ) -> Result<(SendRequest<Bytes>, Arc<Notify>, Arc<Notify>), TunnelError> {
         let timeout = self.settings.connect_timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(req.peer))
             .await
@@ -188,12 +242,14 @@ impl TcpPool {
             by_id.insert(id, (local, closer.clone()));
         }
         let check = Arc::new(Notify::new());
+        let retire = Arc::new(Notify::new());
         let driver = Driver {
             peer_node: req.peer_node.clone(),
             metrics: self.metrics.clone(),
             settings: self.settings.clone(),
             closer,
             check: check.clone(),
+            retire: retire.clone(),
         };
         let live = self.live.clone();
         tokio::spawn(async move {
@@ -203,7 +259,7 @@ impl TcpPool {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
         });
-        Ok((sender, check))
+        Ok((sender, check, retire))
     }
 
     async fn handshake(
@@ -242,6 +298,7 @@ struct Driver {
     settings: TcpSettings,
     closer: Arc<Notify>,
     check: Arc<Notify>,
+    retire: Arc<Notify>,
 }
 
 /// How long a PING asked for out of turn (after a stream got no answer) may take.
@@ -287,6 +344,9 @@ impl Driver {
             }
             () = self.closer.notified() => {
                 tracing::info!(peer, "local address gone; closing the TCP tunnel made from it");
+            }
+            () = self.retire.notified() => {
+                tracing::debug!(peer, "TCP tunnel unused; closed");
             }
         }
         self.metrics.tunnels_open.dec();
