@@ -122,7 +122,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_CONNECT_TIMEOUT",
         default_value = "5s",
-        value_parser = humantime::parse_duration,
+        value_parser = positive_duration,
     )]
     pub connect_timeout: Duration,
 
@@ -153,7 +153,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_QUIC_IDLE_TIMEOUT",
         default_value = "30s",
-        value_parser = humantime::parse_duration
+        value_parser = positive_duration
     )]
     pub quic_idle_timeout: Duration,
 
@@ -173,7 +173,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_QUIC_PROBE_TIMEOUT",
         default_value = "3s",
-        value_parser = humantime::parse_duration
+        value_parser = positive_duration
     )]
     pub quic_probe_timeout: Duration,
 
@@ -182,7 +182,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_QUIC_REPROBE_INTERVAL",
         default_value = "60s",
-        value_parser = humantime::parse_duration
+        value_parser = positive_duration
     )]
     pub quic_reprobe_interval: Duration,
 
@@ -191,7 +191,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_H2_PING_INTERVAL",
         default_value = "10s",
-        value_parser = humantime::parse_duration
+        value_parser = positive_duration
     )]
     pub h2_ping_interval: Duration,
 
@@ -200,7 +200,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_H2_PING_TIMEOUT",
         default_value = "20s",
-        value_parser = humantime::parse_duration
+        value_parser = positive_duration
     )]
     pub h2_ping_timeout: Duration,
 
@@ -214,9 +214,28 @@ pub struct ProxyConfig {
     )]
     pub tcp_user_timeout: Duration,
 
+    /// How long a pooled tunnel connection may carry no stream before it is closed.
+    #[arg(
+        long,
+        env = "EDGEWARD_TUNNEL_IDLE_TIMEOUT",
+        default_value = "5m",
+        value_parser = positive_duration
+    )]
+    pub tunnel_idle_timeout: Duration,
+
     /// Log format: "text" or "json".
     #[arg(long, env = "EDGEWARD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// A duration such as `30s` or `5m` that must be more than zero: a zero interval or timeout
+/// would spin or close everything at once.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
 }
 
 impl ProxyConfig {
@@ -238,5 +257,46 @@ impl ProxyConfig {
             self.metrics_addr.port(),
             self.ready_addr.port(),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<ProxyConfig, clap::Error> {
+        let base = [
+            "edgeward-proxy",
+            "--node-name",
+            "n1",
+            "--control",
+            "127.0.0.1:15012",
+        ];
+        let advertise = ["--advertise", "127.0.0.1"];
+        let args = base.iter().chain(&advertise).chain(extra);
+        ProxyConfig::try_parse_from(args)
+    }
+
+    #[test]
+    fn durations_parse_and_zero_intervals_are_refused_by_name() {
+        let config = parse(&["--tunnel-idle-timeout", "90s"]).unwrap();
+        assert_eq!(config.tunnel_idle_timeout, Duration::from_secs(90));
+        assert_eq!(
+            parse(&[]).unwrap().tunnel_idle_timeout,
+            Duration::from_secs(300)
+        );
+        for flag in [
+            "--tunnel-idle-timeout",
+            "--h2-ping-interval",
+            "--quic-idle-timeout",
+        ] {
+            let error = parse(&[flag, "0s"]).unwrap_err().to_string();
+            assert!(error.contains(flag), "{error}");
+            assert!(error.contains("more than zero"), "{error}");
+        }
+        let error = parse(&["--connect-timeout", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--connect-timeout"), "{error}");
     }
 }

@@ -201,7 +201,14 @@ fn tunnels(
     .context("cannot open the QUIC client socket")?;
     let choices = PeerChoices::new(config.tunnel_transport, config.quic_reprobe_interval);
     let timeouts = (config.connect_timeout, config.quic_probe_timeout);
-    Ok(Tunnels::new(tcp, quic, choices, metrics.clone(), timeouts))
+    Ok(Tunnels::new(
+        tcp,
+        quic,
+        choices,
+        metrics.clone(),
+        timeouts,
+        config.tunnel_idle_timeout,
+    ))
 }
 
 fn spawn_background(

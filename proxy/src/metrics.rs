@@ -32,6 +32,11 @@ pub struct Metrics {
     pub snapshot_version: IntGauge,
     /// Open TCP tunnel connections (HTTP/2 over TLS) to peer nodes.
     pub tunnels_open: IntGauge,
+    /// Open QUIC tunnel connections this proxy made to peer nodes.
+    pub quic_tunnels_open: IntGauge,
+    /// Pooled tunnel connections closed because nothing used them any more, by transport and
+    /// reason (idle, renewed).
+    pub tunnels_retired: IntCounterVec,
     /// 1 for the transport now used to each peer node, 0 for the other.
     pub peer_transport: IntGaugeVec,
     /// Smoothed round-trip time to each peer node, seconds.
@@ -95,6 +100,15 @@ impl Metrics {
             snapshots: r.counter("snapshots_total", "Snapshots received", &["result"]),
             snapshot_version: r.gauge("snapshot_version", "Version of the snapshot in force"),
             tunnels_open: r.gauge("tunnel_connections", "Open TCP tunnel connections"),
+            quic_tunnels_open: r.gauge(
+                "quic_tunnel_connections",
+                "Open QUIC tunnel connections made to peer nodes",
+            ),
+            tunnels_retired: r.counter(
+                "tunnel_connections_retired_total",
+                "Pooled tunnel connections closed because nothing used them any more",
+                &["transport", "reason"],
+            ),
             peer_transport: r.int_gauge_vec(
                 "peer_transport",
                 "1 for the tunnel transport in use to the peer node",
@@ -190,6 +204,14 @@ impl Metrics {
     pub fn keepalive_timeout(&self, peer: &str, transport: &str) {
         self.peer_keepalive_timeouts
             .with_label_values(&[peer, transport])
+            .inc();
+    }
+
+    /// Counts a pooled tunnel connection closed as unused: `idle` past the limit, or `renewed`
+    /// (made with an SVID since replaced) once its last stream ended.
+    pub fn tunnel_retired(&self, transport: crate::tunnel::stream::Transport, reason: &str) {
+        self.tunnels_retired
+            .with_label_values(&[transport.as_str(), reason])
             .inc();
     }
 

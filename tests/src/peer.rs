@@ -29,6 +29,41 @@ pub const RECONNECTS: &str = "edgeward_peer_reconnects_total";
 /// Tunnel connections to the peer dropped for missing keepalives: `{peer, transport}`.
 pub const KEEPALIVE_TIMEOUTS: &str = "edgeward_peer_keepalive_timeouts_total";
 
+/// Gauges of the tunnel connections a proxy made, TCP and QUIC (no labels).
+pub const TCP_TUNNELS: &str = "edgeward_tunnel_connections";
+pub const QUIC_TUNNELS: &str = "edgeward_quic_tunnel_connections";
+/// Pooled tunnel connections closed as unused: `{transport, reason}` (idle, renewed).
+pub const RETIRED: &str = "edgeward_tunnel_connections_retired_total";
+
+/// What node `node`'s proxy says of the tunnel connections it made, all peers together.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoolStats {
+    /// Open now, TCP and QUIC together.
+    pub open: f64,
+    /// Closed after carrying no stream for the idle limit.
+    pub retired_idle: f64,
+    /// Closed after their SVID was renewed and their last stream ended.
+    pub retired_renewed: f64,
+}
+
+impl PoolStats {
+    /// Reads node `node`'s proxy metrics (absent samples read as 0).
+    pub fn read(mesh: &Mesh, node: usize) -> Result<PoolStats> {
+        let text = mesh.metrics(node)?;
+        let retired = |reason: &str| -> Result<f64> {
+            let of = |transport| [("transport", transport), ("reason", reason)];
+            Ok(metrics::value(&text, RETIRED, &of("tcp"))?
+                + metrics::value(&text, RETIRED, &of("quic"))?)
+        };
+        Ok(PoolStats {
+            open: metrics::value(&text, TCP_TUNNELS, &[])?
+                + metrics::value(&text, QUIC_TUNNELS, &[])?,
+            retired_idle: retired("idle")?,
+            retired_renewed: retired("renewed")?,
+        })
+    }
+}
+
 /// One reading of node `node`'s metrics about peer node `peer`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PeerStats {
@@ -137,6 +172,36 @@ pub fn wait_new_access_line(
         let lines = mesh.access_log(node)?;
         Ok(lines.into_iter().skip(seen).find(|l| l.contains(needle)))
     })
+}
+
+/// Node 1's proxy writes one access-log line per connection, when it closes: exactly one new
+/// line (after the first `seen`) naming `server` means the client's calls shared one
+/// connection; it must have gone over `transport`.
+pub fn expect_one_connection(
+    mesh: &Mesh,
+    seen: usize,
+    server: &str,
+    transport: Transport,
+    timeout: Duration,
+) -> Result<()> {
+    let line = wait_new_access_line(mesh, 1, seen, server, timeout)?;
+    let lines = mesh.access_log(1)?;
+    let count = lines
+        .iter()
+        .skip(seen)
+        .filter(|l| l.contains(server))
+        .count();
+    ensure!(
+        count == 1,
+        "the client's calls took {count} connections:\n{}",
+        lines[seen..].join("\n")
+    );
+    ensure!(
+        access_transport(&line) == Some(transport.as_str()),
+        "the connection did not go over {}: {line}",
+        transport.as_str()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -65,32 +65,10 @@ fn silent_minute(node1: &str, node2: &str) -> Result<()> {
             a.keepalive_timeouts
         );
     }
-    one_connection_carried_both_calls(&mesh, seen)
+    let server = mesh.spiffe_id(SERVER_POD)?;
+    peer::expect_one_connection(&mesh, seen, &server, Transport::Quic, LOG_TIMEOUT)
 }
 
 fn stats(mesh: &Mesh) -> Result<(PeerStats, PeerStats)> {
     Ok((PeerStats::read(mesh, 1, 2)?, PeerStats::read(mesh, 2, 1)?))
-}
-
-/// The proxy writes one access-log line per connection, when it closes: one line for the run
-/// means the second call went over the same connection as the first, across the silence.
-fn one_connection_carried_both_calls(mesh: &Mesh, seen: usize) -> Result<()> {
-    let server = mesh.spiffe_id(SERVER_POD)?;
-    let line = peer::wait_new_access_line(mesh, 1, seen, &server, LOG_TIMEOUT)?;
-    let lines = mesh.access_log(1)?;
-    let count = lines
-        .iter()
-        .skip(seen)
-        .filter(|l| l.contains(&server))
-        .count();
-    ensure!(
-        count == 1,
-        "the client's calls took {count} connections:\n{}",
-        lines[seen..].join("\n")
-    );
-    ensure!(
-        peer::access_transport(&line) == Some(Transport::Quic.as_str()),
-        "the connection did not go over QUIC: {line}"
-    );
-    Ok(())
 }

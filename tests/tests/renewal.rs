@@ -4,16 +4,19 @@
 //! long connection, every workload SVID is renewed at least twice with not one failed call.
 //! Then the control plane is killed: the current certificates stay in use until their NotAfter,
 //! with `certificate_renewal_failing` at 1 meanwhile, and once they have expired new
-//! connections fail promptly, each with a named reason in the access log.
+//! connections fail promptly, each with a named reason in the access log. The tunnel
+//! connections made with a replaced SVID are closed once their last stream has ended: after
+//! the load, node 1 holds one tunnel, not one per renewal.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use edgeward_lab::calls::{ClientRun, RunSpec};
 use edgeward_lab::greeter::{self, CLIENT_POD, GREETER_PORT, SERVER_POD};
 use edgeward_lab::metrics::{Counter, Source};
-use edgeward_lab::ops;
+use edgeward_lab::peer::PoolStats;
 use edgeward_lab::rpc::{self, Attempt, CallLoop};
+use edgeward_lab::{ops, wait};
 use edgeward_lab::{Mesh, MeshOptions};
 
 /// Lifetime of every SVID the control plane issues in this test.
@@ -34,6 +37,13 @@ const LOAD_PHASE_LIMIT: Duration = Duration::from_secs(150);
 
 /// How often the test samples the proxies' metrics (500 ms).
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+/// Node 1's `--tunnel-idle-timeout` (20 s): its proxy then sweeps its pool every 5 s.
+const TUNNEL_IDLE: &str = "20s";
+
+/// How long after the load the tunnels made with replaced SVIDs may stay open (10 s: two
+/// sweeps).
+const RETIRE_BOUND: Duration = Duration::from_secs(10);
 
 /// Margin around a NotAfter for the clocks of the test, the proxies and the certificates
 /// (whole seconds) to disagree (1 s).
@@ -87,7 +97,8 @@ fn short_lived_svids_renew_under_load_and_expire_cleanly_offline() {
         .control_arg("--svid-ttl", SVID_TTL)
         .control_arg("--max-svid-ttl", SVID_TTL)
         .proxy_arg(1, "--availability-target", AVAILABILITY_TARGET)
-        .proxy_arg(2, "--availability-target", AVAILABILITY_TARGET);
+        .proxy_arg(2, "--availability-target", AVAILABILITY_TARGET)
+        .proxy_arg(1, "--tunnel-idle-timeout", TUNNEL_IDLE);
     let mut mesh = greeter::mesh_with_greeter(options).expect("starting the mesh");
     let watched = [CLIENT_POD, SERVER_POD].map(|pod| Watched {
         node: if pod == CLIENT_POD { 1 } else { 2 },
@@ -175,6 +186,24 @@ fn renew_under_load(mesh: &Mesh, watched: &[Watched; 2]) -> Result<()> {
         "load: {} calls on new connections and {load_calls} grpcio calls, none failed",
         attempts.len()
     );
+    old_tunnels_close(mesh, &expiries[0])
+}
+
+/// After each renewal of the client's SVID, the next connection made node 1 open a new tunnel
+/// and retire the old one. One more call makes sure the last renewal was followed by a
+/// connection; then every retired tunnel closes and one stays.
+fn old_tunnels_close(mesh: &Mesh, client_expiries: &[(f64, Instant)]) -> Result<()> {
+    let renewals = (client_expiries.len() - 1) as f64;
+    let target = mesh.pod_addr(SERVER_POD, GREETER_PORT)?;
+    rpc::call_ok(&mesh.pod(CLIENT_POD)?.ns, target).context("a call after the load")?;
+    let what = format!("node 1's tunnels of {renewals} replaced client SVIDs to close");
+    let pool = wait::until(&what, RETIRE_BOUND, || {
+        let pool = PoolStats::read(mesh, 1)?;
+        std::thread::sleep(SAMPLE_EVERY);
+        Ok((pool.retired_renewed >= renewals && pool.open <= 1.0).then_some(pool))
+    })
+    .with_context(|| format!("{:?}", PoolStats::read(mesh, 1)))?;
+    eprintln!("node 1's tunnel pool after the load: {pool:?}");
     Ok(())
 }
 

@@ -22,6 +22,7 @@ pub struct Tunnels {
     metrics: Metrics,
     connect_timeout: std::time::Duration,
     probe_timeout: std::time::Duration,
+    idle_close: std::time::Duration,
 }
 
 impl Tunnels {
@@ -32,6 +33,7 @@ impl Tunnels {
         choices: PeerChoices,
         metrics: Metrics,
         timeouts: (std::time::Duration, std::time::Duration),
+        idle_close: std::time::Duration,
     ) -> Self {
         Self {
             tcp,
@@ -40,6 +42,7 @@ impl Tunnels {
             metrics,
             connect_timeout: timeouts.0,
             probe_timeout: timeouts.1,
+            idle_close,
         }
     }
 
@@ -98,14 +101,14 @@ impl Tunnels {
         }
     }
 
-    /// Closes pooled connections that carry no stream, every [`usage::SWEEP_INTERVAL`], for
-    /// the life of the proxy.
+    /// Closes pooled connections that carried no stream for the idle limit, and those made
+    /// with a renewed SVID once their last stream ends, for the life of the proxy.
     pub async fn sweep_forever(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(usage::SWEEP_INTERVAL);
+        let mut tick = tokio::time::interval(usage::sweep_interval(self.idle_close));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let closed = self.tcp.sweep(usage::IDLE_CLOSE) + self.quic.sweep(usage::IDLE_CLOSE);
+            let closed = self.tcp.sweep(self.idle_close) + self.quic.sweep(self.idle_close);
             if closed > 0 {
                 tracing::debug!(closed, "closed unused tunnel connections");
             }

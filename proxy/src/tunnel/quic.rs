@@ -22,7 +22,7 @@ use quinn::{Connection, ConnectionError, Endpoint, IdleTimeout, TransportConfig,
 use tokio::time::Instant;
 
 use super::preamble::{self, Status};
-use super::stream::TunnelStream;
+use super::stream::{Transport, TunnelStream};
 use super::usage::{Lease, Usage};
 use super::{PoolKey, StreamRequest, TunnelError, ALPN_QUIC, CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::config::Congestion;
@@ -254,6 +254,7 @@ impl QuicPool {
                 }
                 p.connection.close(VarInt::from_u32(0), b"renewed");
                 closed += 1;
+                self.metrics.tunnel_retired(Transport::Quic, "renewed");
                 false
             });
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -273,6 +274,7 @@ impl QuicPool {
                     }
                     p.connection.close(VarInt::from_u32(0), b"idle");
                     closed += 1;
+                    self.metrics.tunnel_retired(Transport::Quic, "idle");
                     false
                 }
                 _ => false,
@@ -364,9 +366,12 @@ impl QuicPool {
             metrics: self.metrics.clone(),
             watch_path: false,
         };
+        let open = self.metrics.quic_tunnels_open.clone();
+        open.inc();
         tokio::spawn(async move {
             maintenance.run().await;
             live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            open.dec();
         });
     }
 

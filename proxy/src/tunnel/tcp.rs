@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use super::h2io::{H2Reader, H2Writer};
 use super::preamble::Status;
-use super::stream::TunnelStream;
+use super::stream::{Transport, TunnelStream};
 use super::usage::{Lease, Usage};
 use super::{PoolKey, StreamRequest, TunnelError, ALPN_H2, CONNECTION_WINDOW, ERROR_HEADER};
 use super::{MAX_FRAME, SOURCE_ADDR_HEADER, STREAM_WINDOW};
@@ -45,11 +45,26 @@ struct Pooled {
     /// Asks the connection's driver to check the peer now.
     check: Arc<Notify>,
     /// Asks the connection's driver to close it (idle, or made with an older SVID).
-    retire: Arc<Notify>,
+    retire: Arc<Retire>,
     usage: Arc<Usage>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
+
+/// A request to a connection's driver to close it because nothing uses it any more.
+#[derive(Default)]
+struct Retire {
+    notify: Notify,
+    reason: std::sync::OnceLock<&'static str>,
+}
+
+impl Retire {
+    /// Asks for the close, for `reason` (`idle` or `renewed`); the first reason given stays.
+    fn ask(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.notify.notify_one();
+    }
+}
 
 /// Open TCP tunnel connections, by the local address they were made from.
 #[derive(Default)]
@@ -184,7 +199,7 @@ impl TcpPool {
                 if !p.usage.unused() {
                     return true;
                 }
-                p.retire.notify_one();
+                p.retire.ask("renewed");
                 closed += 1;
                 false
             });
@@ -202,7 +217,7 @@ impl TcpPool {
                 Some(p) if !p.usage.idle_for(idle) => true,
                 Some(p) => {
                     // A connection that already ended ignores this.
-                    p.retire.notify_one();
+                    p.retire.ask("idle");
                     closed += 1;
                     false
                 }
@@ -215,7 +230,7 @@ impl TcpPool {
     async fn connect(
         &self,
         req: &StreamRequest,
-    ) -> Result<(SendRequest<Bytes>, Arc<Notify>, Arc<Notify>), TunnelError> {
+    ) -> Result<(SendRequest<Bytes>, Arc<Notify>, Arc<Retire>), TunnelError> {
         let timeout = self.settings.connect_timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(req.peer))
             .await
@@ -242,7 +257,7 @@ impl TcpPool {
             by_id.insert(id, (local, closer.clone()));
         }
         let check = Arc::new(Notify::new());
-        let retire = Arc::new(Notify::new());
+        let retire = Arc::new(Retire::default());
         let driver = Driver {
             peer_node: req.peer_node.clone(),
             metrics: self.metrics.clone(),
@@ -298,7 +313,7 @@ struct Driver {
     settings: TcpSettings,
     closer: Arc<Notify>,
     check: Arc<Notify>,
-    retire: Arc<Notify>,
+    retire: Arc<Retire>,
 }
 
 /// How long a PING asked for out of turn (after a stream got no answer) may take.
@@ -345,8 +360,10 @@ impl Driver {
             () = self.closer.notified() => {
                 tracing::info!(peer, "local address gone; closing the TCP tunnel made from it");
             }
-            () = self.retire.notified() => {
-                tracing::debug!(peer, "TCP tunnel unused; closed");
+            () = self.retire.notify.notified() => {
+                let reason = self.retire.reason.get().copied().unwrap_or("idle");
+                self.metrics.tunnel_retired(Transport::Tcp, reason);
+                tracing::debug!(peer, reason, "TCP tunnel unused; closed");
             }
         }
         self.metrics.tunnels_open.dec();

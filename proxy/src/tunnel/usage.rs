@@ -6,14 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::time::{Duration, Instant};
 
-/// How often the pools look for idle connections.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-
-/// How long a pooled connection may carry no stream before it is closed. Long enough that a
-/// workload calling a peer every few minutes keeps its tunnel warm, short enough that
-/// connections for workloads that went away (or SVIDs that were renewed) do not pile up with
-/// their keep-alives on a metered link.
-pub const IDLE_CLOSE: Duration = Duration::from_secs(300);
+/// How often the pools look for connections idle longer than `idle`: a quarter of it, between
+/// 1 s and 30 s, so a connection closes at most a quarter (or 30 s) after its limit.
+pub fn sweep_interval(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
 
 /// The use count of one tunnel connection.
 #[derive(Debug)]
@@ -70,6 +67,22 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_interval_follows_the_idle_limit_within_bounds() {
+        assert_eq!(
+            sweep_interval(Duration::from_secs(300)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_secs(8)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_millis(100)),
+            Duration::from_secs(1)
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_only_after_its_last_stream_ends_and_the_limit_passes() {
