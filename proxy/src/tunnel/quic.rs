@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::preamble::{self, Status};
 use super::stream::{Transport, TunnelStream};
-use super::usage::{Lease, Usage};
+use super::usage::{Entry, Lease, Pool, Usage};
 use super::{PoolKey, StreamRequest, TunnelError, ALPN_QUIC, CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::config::Congestion;
 use crate::metrics::Metrics;
@@ -88,15 +88,21 @@ struct Pooled {
     usage: Arc<Usage>,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
+impl Entry for Pooled {
+    fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    fn ended(&self) -> bool {
+        self.connection.close_reason().is_some()
+    }
+}
 
 /// The client side: an endpoint and the pool of its connections.
 pub struct QuicPool {
     endpoint: Endpoint,
     bind: SocketAddr,
-    slots: Mutex<HashMap<PoolKey, Slot>>,
-    /// Connections made with an SVID since renewed, closed once their last stream ends.
-    retired: Mutex<Vec<Pooled>>,
+    pool: Pool<Pooled>,
     live: Arc<Mutex<HashMap<usize, (String, Connection)>>>,
     bundle: SharedBundle,
     metrics: Metrics,
@@ -114,8 +120,7 @@ impl QuicPool {
         Ok(Self {
             endpoint: Endpoint::client(bind)?,
             bind,
-            slots: Mutex::default(),
-            retired: Mutex::default(),
+            pool: Pool::default(),
             live: Arc::default(),
             bundle,
             metrics,
@@ -203,13 +208,7 @@ impl QuicPool {
         handshake_limit: Duration,
     ) -> Result<(Connection, Lease), TunnelError> {
         let (key, generation) = PoolKey::of(req);
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
+        let slot = self.pool.slot(key);
         let mut pooled = slot.lock().await;
         let reconnect = match pooled.as_ref() {
             Some(p) if p.generation == generation && p.connection.close_reason().is_none() => {
@@ -229,58 +228,19 @@ impl QuicPool {
             generation,
             usage,
         });
-        if let Some(old) = old.filter(|p| p.connection.close_reason().is_none()) {
-            self.retired
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(old);
+        if let Some(old) = old.filter(|p| !p.ended()) {
+            self.pool.retire(old);
         }
         Ok((connection, lease))
     }
 
     /// Closes the connections that carried no stream for `idle` and the retired ones that
-    /// carry none any more, and forgets the pool entries left empty.
+    /// carry none any more; gives how many.
     pub fn sweep(&self, idle: Duration) -> usize {
-        let mut closed = 0;
-        self.retired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| {
-                if p.connection.close_reason().is_some() {
-                    return false;
-                }
-                if !p.usage.unused() {
-                    return true;
-                }
-                p.connection.close(VarInt::from_u32(0), b"renewed");
-                closed += 1;
-                self.metrics.tunnel_retired(Transport::Quic, "renewed");
-                false
-            });
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.retain(|_, slot| {
-            // Slots are cloned only under this lock: a count of one means nobody is opening a
-            // stream on it now, so it can go.
-            if Arc::strong_count(slot) > 1 {
-                return true;
-            }
-            let Ok(pooled) = slot.try_lock() else {
-                return true;
-            };
-            match pooled.as_ref() {
-                Some(p) if p.connection.close_reason().is_none() => {
-                    if !p.usage.idle_for(idle) {
-                        return true;
-                    }
-                    p.connection.close(VarInt::from_u32(0), b"idle");
-                    closed += 1;
-                    self.metrics.tunnel_retired(Transport::Quic, "idle");
-                    false
-                }
-                _ => false,
-            }
-        });
-        closed
+        self.pool.sweep(idle, |p, reason| {
+            p.connection.close(VarInt::from_u32(0), reason.as_bytes());
+            self.metrics.tunnel_retired(Transport::Quic, reason);
+        })
     }
 
     async fn connect(

@@ -21,7 +21,7 @@ use tokio_rustls::TlsConnector;
 use super::h2io::{H2Reader, H2Writer};
 use super::preamble::Status;
 use super::stream::{Transport, TunnelStream};
-use super::usage::{Lease, Usage};
+use super::usage::{Entry, Lease, Pool, Usage};
 use super::{PoolKey, StreamRequest, TunnelError, ALPN_H2, CONNECTION_WINDOW, ERROR_HEADER};
 use super::{MAX_FRAME, SOURCE_ADDR_HEADER, STREAM_WINDOW};
 use crate::metrics::Metrics;
@@ -49,7 +49,16 @@ struct Pooled {
     usage: Arc<Usage>,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
+impl Entry for Pooled {
+    fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// Only the driver knows; a connection that ended ignores a request to close.
+    fn ended(&self) -> bool {
+        false
+    }
+}
 
 /// A request to a connection's driver to close it because nothing uses it any more.
 #[derive(Default)]
@@ -75,9 +84,7 @@ struct Live {
 
 /// The pool of TCP tunnel connections.
 pub struct TcpPool {
-    slots: Mutex<HashMap<PoolKey, Slot>>,
-    /// Connections made with an SVID since renewed, closed once their last stream ends.
-    retired: Mutex<Vec<Pooled>>,
+    pool: Pool<Pooled>,
     live: Arc<Live>,
     bundle: SharedBundle,
     metrics: Metrics,
@@ -88,8 +95,7 @@ impl TcpPool {
     /// An empty pool.
     pub fn new(bundle: SharedBundle, metrics: Metrics, settings: TcpSettings) -> Self {
         Self {
-            slots: Mutex::default(),
-            retired: Mutex::default(),
+            pool: Pool::default(),
             live: Arc::default(),
             bundle,
             metrics,
@@ -148,13 +154,7 @@ impl TcpPool {
         req: &StreamRequest,
     ) -> Result<(SendRequest<Bytes>, Arc<Notify>, Lease), TunnelError> {
         let (key, generation) = PoolKey::of(req);
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
+        let slot = self.pool.slot(key);
         let mut pooled = slot.lock().await;
         let mut reconnect = false;
         if let Some(p) = pooled.as_ref().filter(|p| p.generation == generation) {
@@ -180,51 +180,15 @@ impl TcpPool {
             usage,
         });
         if let Some(old) = old.filter(|_| !reconnect) {
-            self.retired
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(old);
+            self.pool.retire(old);
         }
         Ok((sender.ready().await?, check, lease))
     }
 
     /// Closes the connections that carried no stream for `idle` and the retired ones that
-    /// carry none any more, and forgets the pool entries left empty.
+    /// carry none any more; gives how many it asked to close.
     pub fn sweep(&self, idle: Duration) -> usize {
-        let mut closed = 0;
-        self.retired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| {
-                if !p.usage.unused() {
-                    return true;
-                }
-                p.retire.ask("renewed");
-                closed += 1;
-                false
-            });
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.retain(|_, slot| {
-            // Slots are cloned only under this lock: a count of one means nobody is opening a
-            // stream on it now, so it can go.
-            if Arc::strong_count(slot) > 1 {
-                return true;
-            }
-            let Ok(pooled) = slot.try_lock() else {
-                return true;
-            };
-            match pooled.as_ref() {
-                Some(p) if !p.usage.idle_for(idle) => true,
-                Some(p) => {
-                    // A connection that already ended ignores this.
-                    p.retire.ask("idle");
-                    closed += 1;
-                    false
-                }
-                None => false,
-            }
-        });
-        closed
+        self.pool.sweep(idle, |p, reason| p.retire.ask(reason))
     }
 
     async fn connect(
