@@ -308,7 +308,16 @@ impl Driver {
             }
         };
         let peer = self.peer_node.as_str();
+        // Biased, the close asked for by the sweep first: the sweep drops the pooled sender just
+        // after asking, which lets the connection end at once, and that end must still be
+        // counted as the retirement it is.
         tokio::select! {
+            biased;
+            () = self.retire.notify.notified() => {
+                let reason = self.retire.reason.get().copied().unwrap_or("idle");
+                self.metrics.tunnel_retired(Transport::Tcp, reason);
+                tracing::debug!(peer, reason, "TCP tunnel unused; closed");
+            }
             result = &mut connection => {
                 if let Err(error) = result {
                     tracing::debug!(peer, %error, "TCP tunnel ended with an error");
@@ -323,11 +332,6 @@ impl Driver {
             }
             () = self.closer.notified() => {
                 tracing::info!(peer, "local address gone; closing the TCP tunnel made from it");
-            }
-            () = self.retire.notify.notified() => {
-                let reason = self.retire.reason.get().copied().unwrap_or("idle");
-                self.metrics.tunnel_retired(Transport::Tcp, reason);
-                tracing::debug!(peer, reason, "TCP tunnel unused; closed");
             }
         }
         self.metrics.tunnels_open.dec();
