@@ -147,6 +147,11 @@ fn parse_workload(w: &v1::Workload) -> Result<Workload, SnapshotError> {
         who: who.clone(),
         problem,
     };
+    // The names become file names in the state directory: a name that is not a DNS label (such
+    // as `../x`) must never reach the file system.
+    for name in [&w.namespace, &w.name] {
+        edgeward_ca::policy::check_name(name).map_err(|e| bad(e.to_string()))?;
+    }
     let spiffe_id = SpiffeId::parse(&w.spiffe_id)
         .map_err(|e| bad(format!("SPIFFE ID {:?}: {e}", w.spiffe_id)))?;
     let addresses = w
@@ -278,5 +283,11 @@ mod tests {
             Directory::build(s.version, &s.workloads, &s.nodes, "n1"),
             Err(SnapshotError::BadNodeAddress { .. })
         ));
+        for name in ["../x", "a_b", "", "A"] {
+            let mut s = snapshot();
+            s.workloads[0].name = name.into();
+            let error = Directory::build(s.version, &s.workloads, &s.nodes, "n1").unwrap_err();
+            assert!(error.to_string().contains("not a valid name"), "{error}");
+        }
     }
 }
