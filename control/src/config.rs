@@ -45,7 +45,7 @@ pub struct ControlConfig {
         long,
         env = "EDGEWARD_SVID_TTL",
         default_value = "24h",
-        value_parser = humantime::parse_duration,
+        value_parser = edgeward_proto::duration::parse,
     )]
     pub svid_ttl: Duration,
 
@@ -55,7 +55,7 @@ pub struct ControlConfig {
         long,
         env = "EDGEWARD_MAX_SVID_TTL",
         default_value = "7d",
-        value_parser = humantime::parse_duration
+        value_parser = edgeward_proto::duration::parse
     )]
     pub max_svid_ttl: Duration,
 

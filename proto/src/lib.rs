@@ -3,6 +3,7 @@
 //! configuration, and the small HTTP endpoint that serves metrics and readiness.
 
 pub mod channel;
+pub mod duration;
 pub mod http_endpoint;
 pub mod logging;
 pub mod metrics;

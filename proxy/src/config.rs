@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use edgeward_proto::duration;
 use edgeward_proto::logging::LogFormat;
 use ipnet::IpNet;
 
@@ -122,7 +123,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_CONNECT_TIMEOUT",
         default_value = "5s",
-        value_parser = positive_duration,
+        value_parser = duration::parse_positive,
     )]
     pub connect_timeout: Duration,
 
@@ -133,7 +134,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_AVAILABILITY_TARGET",
         default_value = "24h",
-        value_parser = humantime::parse_duration
+        value_parser = duration::parse
     )]
     pub availability_target: Duration,
 
@@ -153,7 +154,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_QUIC_IDLE_TIMEOUT",
         default_value = "30s",
-        value_parser = positive_duration
+        value_parser = duration::parse_positive
     )]
     pub quic_idle_timeout: Duration,
 
@@ -173,7 +174,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_QUIC_PROBE_TIMEOUT",
         default_value = "3s",
-        value_parser = positive_duration
+        value_parser = duration::parse_positive
     )]
     pub quic_probe_timeout: Duration,
 
@@ -182,7 +183,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_QUIC_REPROBE_INTERVAL",
         default_value = "60s",
-        value_parser = positive_duration
+        value_parser = duration::parse_positive
     )]
     pub quic_reprobe_interval: Duration,
 
@@ -191,7 +192,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_H2_PING_INTERVAL",
         default_value = "10s",
-        value_parser = positive_duration
+        value_parser = duration::parse_positive
     )]
     pub h2_ping_interval: Duration,
 
@@ -200,7 +201,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_H2_PING_TIMEOUT",
         default_value = "20s",
-        value_parser = positive_duration
+        value_parser = duration::parse_positive
     )]
     pub h2_ping_timeout: Duration,
 
@@ -210,7 +211,7 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_TCP_USER_TIMEOUT",
         default_value = "30s",
-        value_parser = humantime::parse_duration
+        value_parser = duration::parse
     )]
     pub tcp_user_timeout: Duration,
 
@@ -219,23 +220,13 @@ pub struct ProxyConfig {
         long,
         env = "EDGEWARD_TUNNEL_IDLE_TIMEOUT",
         default_value = "5m",
-        value_parser = positive_duration
+        value_parser = duration::parse_positive
     )]
     pub tunnel_idle_timeout: Duration,
 
     /// Log format: "text" or "json".
     #[arg(long, env = "EDGEWARD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
-}
-
-/// A duration such as `30s` or `5m` that must be more than zero: a zero interval or timeout
-/// would spin or close everything at once.
-fn positive_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
-    if d.is_zero() {
-        return Err("must be more than zero".into());
-    }
-    Ok(d)
 }
 
 impl ProxyConfig {

@@ -87,7 +87,7 @@ pub enum TokenCommand {
         #[arg(long)]
         node: String,
         /// How long it stays valid, such as "1h" or "10m".
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = edgeward_proto::duration::parse)]
         ttl: Duration,
     },
 }
