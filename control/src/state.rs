@@ -276,7 +276,7 @@ impl StateStore {
         };
         self.update(|s| {
             s.tokens
-                .retain(|t| t.expires_unix + TOKEN_MEMORY > now_unix);
+                .retain(|t| t.expires_unix.saturating_add(TOKEN_MEMORY) > now_unix);
             s.tokens.push(record);
         })?;
         Ok((token, expires_unix))
@@ -307,7 +307,7 @@ impl StateStore {
             return Err(TokenError::AlreadyUsed { id });
         }
         if now_unix >= record.expires_unix {
-            let ago = now_unix - record.expires_unix;
+            let ago = now_unix.saturating_sub(record.expires_unix);
             return Err(TokenError::Expired { id, ago });
         }
         if record.node != node {
